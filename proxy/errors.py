@@ -11,6 +11,8 @@
     ├── UpstreamTimedOut                 504     79005  outcome-unknown
     ├── UpstreamReset                    502     79006  outcome-unknown
     ├── UpstreamUnreachable              502     79007  upstream-unreachable
+    ├── PassthroughTimedOut              504     79008  passthrough
+    ├── PassthroughBroken                502     79009  passthrough
     ├── Suppressed                       400     (Twilio's own code)  suppressed
     ├── RateLimited                      429     20429  rate-limited
     ├── BreakerOpen                      429     20429  breaker-open
@@ -156,6 +158,20 @@ class UpstreamUnreachable(SendguardError):
     code = 79007
     decision = Decision.UPSTREAM_UNREACHABLE
     default_message = "could not connect to Twilio; nothing was sent, safe to retry"
+
+
+class PassthroughTimedOut(SendguardError):
+    status = 504
+    code = 79008
+    decision = Decision.PASSTHROUGH
+    default_message = "the upstream did not answer in time"
+
+
+class PassthroughBroken(SendguardError):
+    status = 502
+    code = 79009
+    decision = Decision.PASSTHROUGH
+    default_message = "the connection to the upstream broke before a complete answer"
 
 
 class Suppressed(SendguardError):

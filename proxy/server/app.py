@@ -1,0 +1,196 @@
+"""App wiring: `create_app(settings)` builds the proxy app; `serve(settings)` runs it.
+
+Resources are set up in `cleanup_ctx` order (sandbox upstream -> store -> client and guard)
+and torn down in reverse, each only if it was set up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from proxy.errors import BodyTooLarge
+from proxy.guard.routes import RouteSpec, RouteTable
+from proxy.logs import configure_logging, get_logger
+from proxy.server.forward import forward_passthrough
+from proxy.server.guarded import DedupPolicy, SendGuard
+from proxy.server.middleware import proxy_middleware
+from proxy.store.dedup_store import DedupStore, RedisClient
+from proxy.store.embedded import EmbeddedStore
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
+
+if TYPE_CHECKING:
+    from proxy.settings import Settings
+
+log = get_logger("sendguard")
+
+# Covers the store write after the answer and scheduling noise. Erring short is safe: a live
+# owner past its lease can still complete, and a duplicate meanwhile gets 409, never a resend.
+LEASE_MARGIN_SECONDS = 2.0
+
+
+@dataclass
+class Runtime:
+    upstream: Upstream
+    allowed_hosts: tuple[str, ...]
+    max_body: int
+    routes: RouteTable
+    client: UpstreamClient
+    store: DedupStore
+    guard: SendGuard
+
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+UPSTREAM_URL: web.AppKey[str] = web.AppKey("upstream_url", str)
+STORE_URL: web.AppKey[str] = web.AppKey("store_url", str)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
+RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    upstream = select_upstream(
+        request.headers.get(UPSTREAM_HOST_HEADER), runtime.upstream, runtime.allowed_hosts
+    )
+    body = await read_body(request, runtime.max_body)
+    match = runtime.routes.match(request.method, request.path)
+    if match is None:
+        return await forward_passthrough(request, body, upstream, runtime.client)
+    return await runtime.guard.handle(request, body, upstream, match)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    try:
+        return await request.read()  # client_max_size bounds chunked bodies too
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise BodyTooLarge(f"request body exceeds {limit} bytes") from exc
+
+
+async def _sandbox_upstream(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if settings.upstream != "sandbox":
+        app[UPSTREAM_URL] = settings.upstream
+        yield
+        return
+    from proxy.sandbox import start_sandbox
+
+    runner, url, _state = await start_sandbox()
+    app[UPSTREAM_URL] = url
+    log.info("sandbox_upstream_started", url=url)
+    yield
+    await runner.cleanup()
+
+
+async def _store(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded: EmbeddedStore | None = None
+    url = settings.redis_url
+    if url is None:
+        embedded = EmbeddedStore(settings.data_dir)
+        url = await embedded.start()
+        log.info("embedded_store_started", persistent=settings.data_dir is not None)
+    client: RedisClient
+    if settings.redis_cluster:
+        client = RedisCluster.from_url(url)
+    else:
+        client = Redis.from_url(url)
+    app[STORE_URL] = url
+    app[REDIS] = client
+    try:
+        yield
+    finally:
+        await client.aclose()
+        if embedded is not None:
+            await embedded.stop()
+
+
+async def _guard(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = UpstreamClient(
+        connect_timeout=settings.upstream_connect_timeout,
+        read_timeout=settings.upstream_read_timeout,
+        pool_size=settings.upstream_pool_size,
+        max_body=settings.max_body_bytes,
+    )
+    await client.start()
+    store = DedupStore(app[REDIS])
+    policy = DedupPolicy(
+        idempotency_ttl=settings.idempotency_ttl,
+        inflight_wait=settings.inflight_wait,
+        lease=settings.upstream_connect_timeout
+        + settings.upstream_read_timeout
+        + LEASE_MARGIN_SECONDS,
+    )
+    app[RUNTIME] = Runtime(
+        upstream=Upstream.from_url(app[UPSTREAM_URL]),
+        allowed_hosts=tuple(settings.upstream_allowed_hosts),
+        max_body=settings.max_body_bytes,
+        routes=RouteTable(route_specs(settings)),
+        client=client,
+        store=store,
+        guard=SendGuard(store, client, policy),
+    )
+    try:
+        yield
+    finally:
+        await client.close()
+
+
+def route_specs(settings: Settings) -> list[RouteSpec]:
+    return [
+        RouteSpec(
+            name=route.name,
+            method=route.method,
+            path=route.path,
+            dedup_window=route.dedup_window
+            if route.dedup_window is not None
+            else settings.dedup_window,
+        )
+        for route in settings.guarded_routes
+    ]
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[proxy_middleware], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_sandbox_upstream)
+    app.cleanup_ctx.append(_store)
+    app.cleanup_ctx.append(_guard)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+async def run_until_signalled(settings: Settings) -> int:
+    app = create_app(settings)
+    # shutdown_timeout: on stop, in-flight sends get this long to finish and record.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
+    await site.start()
+    log.info("sendguard_started", listen=settings.listen, settings=settings.redacted_dict())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("sendguard_stopping")
+    await runner.cleanup()
+    log.info("sendguard_stopped")
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    configure_logging(settings.log_level, settings.effective_log_format)
+    return asyncio.run(run_until_signalled(settings))

@@ -1,0 +1,65 @@
+"""Passthrough: any request that is not a guarded send, streamed both ways, no store touched."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from proxy.decision import Decision
+from proxy.errors import PassthroughBroken, PassthroughTimedOut, UpstreamUnreachable
+from proxy.server.context import CONTEXT
+from proxy.server.headers import downstream_response_headers, upstream_request_headers
+from proxy.server.middleware import stamp
+from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient
+from proxy.upstream.hosts import Upstream
+
+STREAM_CHUNK = 64 * 1024
+
+
+def upstream_url(upstream: Upstream, request: web.Request) -> str:
+    # raw_path keeps the client's exact percent-encoding and query string.
+    return upstream.origin + request.raw_path
+
+
+async def forward_passthrough(
+    request: web.Request, body: bytes, upstream: Upstream, client: UpstreamClient
+) -> web.StreamResponse:
+    ctx = request[CONTEXT]
+    ctx.decide(Decision.PASSTHROUGH)
+    headers = upstream_request_headers(
+        request.headers, upstream.authority, identity_encoding=False
+    )
+    started = time.perf_counter()
+    response: web.StreamResponse | None = None
+    try:
+        async with client.stream(
+            request.method, upstream_url(upstream, request), headers, body
+        ) as answer:
+            ctx.upstream_status = answer.status
+            ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
+            response = web.StreamResponse(
+                status=answer.status,
+                reason=answer.reason,
+                headers=downstream_response_headers(answer.headers),
+            )
+            if answer.content_length is not None:
+                response.content_length = answer.content_length
+            stamp(response, ctx)
+            await response.prepare(request)
+            async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except NotSent as exc:
+        raise UpstreamUnreachable(reason="connect-failed") from exc
+    except SentNoAnswer as exc:
+        if response is not None and response.prepared:
+            # Headers are gone already: cut the connection so the client sees a truncated
+            # answer as broken instead of letting a final chunk make it look complete.
+            ctx.reason = f"upstream-broke-mid-stream-{exc.kind}"
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        error = PassthroughTimedOut if exc.kind == "timeout" else PassthroughBroken
+        raise error(reason=f"upstream-{exc.kind}") from exc

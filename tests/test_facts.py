@@ -1,0 +1,135 @@
+"""Facts of a send: key validation, canonical form, fingerprint identity and credential scope."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.errors import InvalidIdempotencyKey, InvalidRequest
+from proxy.guard.facts import (
+    build_facts,
+    canonical_form,
+    normalise_recipient,
+    parse_form,
+    parse_idempotency_key,
+)
+from proxy.guard.routes import RouteMatch, RouteSpec
+
+ACCOUNT = "AC" + "a" * 32
+ROUTE = RouteMatch(RouteSpec("messages", "POST", "/x/{AccountSid}/Messages.json", 600), ACCOUNT)
+FORM = "application/x-www-form-urlencoded"
+
+
+def facts(body: bytes, *, key: str | None = None, auth: str = "Basic abc", route=ROUTE):
+    return build_facts(
+        route, authorization=auth, idempotency_key_header=key, body=body, content_type=FORM
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, None),
+        ("abc", "abc"),
+        ('"abc"', "abc"),
+        ("  abc  ", "abc"),
+        ("8e03978e-40d5-43e8-bc93-6894a57f9324", "8e03978e-40d5-43e8-bc93-6894a57f9324"),
+        ("x" * 255, "x" * 255),
+    ],
+)
+def test_valid_keys(raw, expected):
+    assert parse_idempotency_key(raw) == expected
+
+
+@pytest.mark.parametrize("raw", ["", '""', "a b", "x" * 256, "ключ", "a\tb"])
+def test_malformed_keys(raw):
+    with pytest.raises(InvalidIdempotencyKey):
+        parse_idempotency_key(raw)
+
+
+def test_quoted_and_bare_key_are_the_same_identity():
+    body = b"To=%2B15550100&Body=hi&From=%2B15005550006"
+    assert facts(body, key='"k1"').dedup_id == facts(body, key="k1").dedup_id
+
+
+def test_key_order_does_not_matter_but_repeated_key_order_does():
+    a = facts(b"To=1&Body=hi&MediaUrl=a&MediaUrl=b")
+    b = facts(b"MediaUrl=a&Body=hi&To=1&MediaUrl=b")
+    c = facts(b"To=1&Body=hi&MediaUrl=b&MediaUrl=a")
+    assert a.dedup_id == b.dedup_id
+    assert a.dedup_id != c.dedup_id
+
+
+def test_recipient_is_normalised_in_the_fingerprint():
+    assert facts(b"To=%2B1+(555)+010-0000&Body=x").dedup_id == facts(b"To=%2B15550100000&Body=x").dedup_id
+
+
+def test_credentials_and_accounts_scope_identity():
+    body = b"To=1&Body=x"
+    assert facts(body, auth="Basic one").dedup_id != facts(body, auth="Basic two").dedup_id
+    assert facts(body, key="k", auth="Basic one").dedup_id != facts(body, key="k", auth="Basic two").dedup_id
+    other = RouteMatch(ROUTE.route, "AC" + "b" * 32)
+    assert facts(body, route=other).dedup_id != facts(body).dedup_id
+
+
+def test_key_identity_ignores_payload_but_payload_hash_does_not():
+    one, two = facts(b"To=1&Body=x", key="k"), facts(b"To=1&Body=y", key="k")
+    assert one.dedup_id == two.dedup_id
+    assert one.payload_hash != two.payload_hash
+
+
+def test_a_new_key_is_a_new_message_even_with_the_same_content():
+    assert facts(b"To=1&Body=x", key="k1").dedup_id != facts(b"To=1&Body=x", key="k2").dedup_id
+
+
+def test_keyed_and_keyless_identities_never_collide():
+    assert facts(b"To=1&Body=x", key="k").dedup_id[0] == "k"
+    assert facts(b"To=1&Body=x").dedup_id[0] == "f"
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("+15550100000", "+15550100000"),
+        (" +1 (555) 010-0000 ", "+15550100000"),
+        ("+1.555.010.0000", "+15550100000"),
+        ("0015550100000", "+15550100000"),
+        ("WhatsApp:+1 555 010 0000", "whatsapp:+15550100000"),
+        ("", ""),
+    ],
+)
+def test_normalise_recipient(raw, normal):
+    assert normalise_recipient(raw) == normal
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"\xff\xfe", FORM),
+        (b"a=%ZZ&&&", FORM),
+        (b"no-equals-sign", FORM),
+        (b'{"To": "+1"}', "application/json"),
+    ],
+)
+def test_malformed_forms_are_invalid_requests(body, content_type):
+    with pytest.raises(InvalidRequest):
+        parse_form(body, content_type)
+
+
+def test_empty_body_is_an_empty_form():
+    assert parse_form(b"", "") == ()
+
+
+def test_canonical_form_cannot_be_forged_with_separators():
+    assert canonical_form((("A", "x\x1fy"),)) != canonical_form((("A", "x"), ("A", "y")))
+
+
+@given(st.binary(max_size=300), st.text(max_size=40), st.one_of(st.none(), st.text(max_size=300)))
+def test_build_facts_is_total(body, content_type, key):
+    """Untrusted input either yields facts or an InvalidRequest: never another exception."""
+    try:
+        built = build_facts(
+            ROUTE, authorization="x", idempotency_key_header=key, body=body, content_type=content_type
+        )
+    except InvalidRequest:
+        return
+    assert built.dedup_id[0] in "kf"
