@@ -96,13 +96,17 @@ async def test_malformed_key_is_400_and_nothing_sent(two_proxies, fake_twilio, h
     assert fake_twilio.creates == 0
 
 
-async def test_another_credential_never_gets_the_first_ones_response(two_proxies, fake_twilio, http):
+async def test_another_credential_never_gets_the_first_ones_response(
+    two_proxies, fake_twilio, http
+):
     first, second = two_proxies
     status, _, original = await post_send(http, first.url, form(), key="shared-key")
     assert status == 201
     # Same account, other token: a different tenant boundary; same key and payload.
     other_token = basic_auth(token="0" * 32)
-    status, headers, body = await post_send(http, second.url, form(), key="shared-key", auth=other_token)
+    status, headers, body = await post_send(
+        http, second.url, form(), key="shared-key", auth=other_token
+    )
     assert headers["X-Sendguard-Decision"] == "forwarded"
     assert body["sid"] != original["sid"]
     # Another account entirely, same key: its own path, its own scope.

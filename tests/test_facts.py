@@ -60,13 +60,19 @@ def test_key_order_does_not_matter_but_repeated_key_order_does():
 
 
 def test_recipient_is_normalised_in_the_fingerprint():
-    assert facts(b"To=%2B1+(555)+010-0000&Body=x").dedup_id == facts(b"To=%2B15550100000&Body=x").dedup_id
+    assert (
+        facts(b"To=%2B1+(555)+010-0000&Body=x").dedup_id
+        == facts(b"To=%2B15550100000&Body=x").dedup_id
+    )
 
 
 def test_credentials_and_accounts_scope_identity():
     body = b"To=1&Body=x"
     assert facts(body, auth="Basic one").dedup_id != facts(body, auth="Basic two").dedup_id
-    assert facts(body, key="k", auth="Basic one").dedup_id != facts(body, key="k", auth="Basic two").dedup_id
+    assert (
+        facts(body, key="k", auth="Basic one").dedup_id
+        != facts(body, key="k", auth="Basic two").dedup_id
+    )
     other = RouteMatch(ROUTE.route, "AC" + "b" * 32)
     assert facts(body, route=other).dedup_id != facts(body).dedup_id
 
@@ -128,7 +134,11 @@ def test_build_facts_is_total(body, content_type, key):
     """Untrusted input either yields facts or an InvalidRequest: never another exception."""
     try:
         built = build_facts(
-            ROUTE, authorization="x", idempotency_key_header=key, body=body, content_type=content_type
+            ROUTE,
+            authorization="x",
+            idempotency_key_header=key,
+            body=body,
+            content_type=content_type,
         )
     except InvalidRequest:
         return

@@ -116,7 +116,10 @@ async def test_late_owner_may_complete_an_unknown_record(redis_client):
     await store.mark_unknown(
         "id1", token="t1", reason="claim-owner-gone", ttl_ms=60_000, require_expired=True
     )
-    assert await store.complete("id1", token="t1", response=RESPONSE, message_sid="SM1", ttl_ms=60_000) == 1
+    assert (
+        await store.complete("id1", token="t1", response=RESPONSE, message_sid="SM1", ttl_ms=60_000)
+        == 1
+    )
     assert (await store.get("id1")).state is RecordState.DONE
 
 

@@ -1,1 +1,1 @@
-"""Pure decisions: no I/O, no clock reads. The server shell feeds facts in and acts on the result."""
+"""Pure decisions: no I/O, no clock reads. The server shell feeds facts in and acts on them."""

@@ -21,6 +21,8 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # Separators people put in phone numbers; removing them cannot merge two different E.164 numbers.
 _PHONE_NOISE_RE = re.compile(r"[\s().\-/]")
+# parse_qsl passes "%ZZ" through as text; a bad escape means the client's encoder is broken.
+_BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Keeps credential hashes unlinkable to a plain SHA-256 of the header should a store leak.
 _SCOPE_PEPPER = b"sendguard/credential-scope/v1"
 
@@ -67,9 +69,13 @@ def parse_form(body: bytes, content_type: str) -> Form:
         raise InvalidRequest(f"a send must be {FORM_CONTENT_TYPE}, got {media_type or 'none'!r}")
     try:
         text = body.decode("utf-8")
+        if _BAD_ESCAPE_RE.search(text):
+            raise ValueError("bad percent-escape")
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest("the form body is not valid application/x-www-form-urlencoded") from exc
+        raise InvalidRequest(
+            "the form body is not valid application/x-www-form-urlencoded"
+        ) from exc
     return tuple(pairs)
 
 

@@ -99,11 +99,9 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         embedded = EmbeddedStore(settings.data_dir)
         url = await embedded.start()
         log.info("embedded_store_started", persistent=settings.data_dir is not None)
-    client: RedisClient
-    if settings.redis_cluster:
-        client = RedisCluster.from_url(url)
-    else:
-        client = Redis.from_url(url)
+    client: RedisClient = (
+        RedisCluster.from_url(url) if settings.redis_cluster else Redis.from_url(url)
+    )
     app[STORE_URL] = url
     app[REDIS] = client
     try:
@@ -161,9 +159,7 @@ def route_specs(settings: Settings) -> list[RouteSpec]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(
-        middlewares=[proxy_middleware], client_max_size=settings.max_body_bytes
-    )
+    app = web.Application(middlewares=[proxy_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_sandbox_upstream)
     app.cleanup_ctx.append(_store)

@@ -27,9 +27,7 @@ async def forward_passthrough(
 ) -> web.StreamResponse:
     ctx = request[CONTEXT]
     ctx.decide(Decision.PASSTHROUGH)
-    headers = upstream_request_headers(
-        request.headers, upstream.authority, identity_encoding=False
-    )
+    headers = upstream_request_headers(request.headers, upstream.authority, identity_encoding=False)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
     try:

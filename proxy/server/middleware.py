@@ -52,14 +52,14 @@ async def proxy_middleware(request: web.Request, handler: Handler) -> web.Stream
         ctx.decide(error.decision, error.reason)
         response = render_error(error)
     except web.HTTPRequestEntityTooLarge:
-        error = BodyTooLarge()
-        ctx.decide(error.decision)
-        response = render_error(error)
+        too_large = BodyTooLarge()
+        ctx.decide(too_large.decision)
+        response = render_error(too_large)
     except Exception as exc:  # a bug: answer Twilio-shaped, log the type, never echo details
         log.exception("unhandled_error", request_id=ctx.request_id, error=type(exc).__name__)
-        error = InternalError()
-        ctx.decide(error.decision, type(exc).__name__)
-        response = render_error(error)
+        internal = InternalError()
+        ctx.decide(internal.decision, type(exc).__name__)
+        response = render_error(internal)
     if not response.prepared:
         stamp(response, ctx)
     _log_finished(request, ctx, response.status)

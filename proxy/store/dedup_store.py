@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -61,9 +61,11 @@ class DedupStore:
         slide_ms: int,
         meta: dict[str, Any],
     ) -> ClaimResult:
-        args = [token, payload_hash, lease_ms, ttl_ms, slide_ms, json.dumps(meta)]
+        args: list[str | int] = [token, payload_hash, lease_ms, ttl_ms, slide_ms, json.dumps(meta)]
         async with translate_store_errors():
-            reply = await self._claim(keys=[keys.dedup_record(dedup_id)], args=args)
+            reply = cast(
+                list[bytes], await self._claim(keys=[keys.dedup_record(dedup_id)], args=args)
+            )
         now_ms = int(reply[1])
         if reply[0] == b"claimed":
             return ClaimResult(True, now_ms, None)
@@ -80,7 +82,8 @@ class DedupStore:
         ttl_ms: int,
     ) -> int:
         headers = json.dumps(list(response.headers))
-        args = [token, response.status, headers, response.body, message_sid, ttl_ms]
+        args: list[str | int | bytes] = [token, response.status, headers, response.body]
+        args += [message_sid, ttl_ms]
         async with translate_store_errors():
             return int(await self._complete(keys=[keys.dedup_record(dedup_id)], args=args))
 
@@ -91,17 +94,17 @@ class DedupStore:
     async def mark_unknown(
         self, dedup_id: str, *, token: str, reason: str, ttl_ms: int, require_expired: bool
     ) -> int:
-        args = [token, reason, ttl_ms, "1" if require_expired else "0"]
+        args: list[str | int] = [token, reason, ttl_ms, "1" if require_expired else "0"]
         async with translate_store_errors():
             return int(await self._mark_unknown(keys=[keys.dedup_record(dedup_id)], args=args))
 
     async def get(self, dedup_id: str) -> DedupRecord | None:
         async with translate_store_errors():
-            raw = await self.redis.hgetall(keys.dedup_record(dedup_id))  # type: ignore[misc]
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(keys.dedup_record(dedup_id)))
         if not raw:
             return None
         return DedupRecord.from_hash({k.decode(): v for k, v in raw.items()})
 
     async def ping(self) -> None:
         async with translate_store_errors():
-            await self.redis.ping()  # type: ignore[misc]
+            await self.redis.ping()

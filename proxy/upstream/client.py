@@ -105,4 +105,3 @@ class UpstreamClient:
                 method, url, headers=headers, data=body or None, allow_redirects=False
             ) as response:
                 yield response
-

@@ -1,0 +1,123 @@
+"""Ambiguous upstream outcomes never become a blind second send; definite non-sends do retry.
+
+Each test makes the fake Twilio fail in one way, then retries the same send, and counts creates.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.sandbox import Fault, start_sandbox
+from tests.harness import SENDER, in_thread, post_send, twilio_client
+from tests.servers import free_port
+
+FORM = {"To": "+15558675310", "From": SENDER, "Body": "Your order shipped"}
+
+pytestmark = pytest.mark.usefixtures("store_mode")
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "decision", "code"),
+    [
+        (Fault("500-after-create"), 500, "forwarded", 20500),
+        (Fault("hang", seconds=30), 504, "outcome-unknown", 79005),
+        (Fault("reset"), 502, "outcome-unknown", 79006),
+    ],
+    ids=["500-after-create", "hang-past-read-timeout", "reset-after-body"],
+)
+async def test_ambiguous_outcome_blocks_the_retry(
+    two_proxies, fake_twilio, http, fault, status, decision, code
+):
+    first, second = two_proxies
+    fake_twilio.push_fault(fault)
+    got_status, headers, body = await post_send(http, first.url, FORM)
+    assert (got_status, headers["X-Sendguard-Decision"]) == (status, decision)
+    assert body["code"] == code
+    assert fake_twilio.creates == 1
+
+    for proxy in (first, second, first):
+        got_status, headers, body = await post_send(http, proxy.url, FORM)
+        assert got_status == 409
+        assert headers["X-Sendguard-Decision"] == "outcome-unknown"
+        assert body["code"] == 79004
+    assert fake_twilio.creates == 1
+
+
+async def test_ambiguous_outcome_with_a_key_blocks_the_keyed_retry(two_proxies, fake_twilio, http):
+    first, second = two_proxies
+    fake_twilio.push_fault(Fault("500-after-create"))
+    await post_send(http, first.url, FORM, key="k-500")
+    status, headers, _ = await post_send(http, second.url, FORM, key="k-500")
+    assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
+    assert fake_twilio.creates == 1
+
+
+async def test_sdk_retry_after_timeout_creates_nothing_more(two_proxies, fake_twilio):
+    from twilio.base.exceptions import TwilioRestException
+
+    first, second = two_proxies
+    fake_twilio.push_fault(Fault("hang", seconds=30))
+    with pytest.raises(TwilioRestException) as first_error:
+        await in_thread(
+            twilio_client(first.url).messages.create, to="+15558675310", from_=SENDER, body="x"
+        )
+    assert first_error.value.status == 504
+    with pytest.raises(TwilioRestException) as retry_error:
+        await in_thread(
+            twilio_client(second.url).messages.create, to="+15558675310", from_=SENDER, body="x"
+        )
+    assert (retry_error.value.status, retry_error.value.code) == (409, 79004)
+    assert fake_twilio.creates == 1
+
+
+async def test_429_releases_the_claim_and_the_retry_sends_once(two_proxies, fake_twilio, http):
+    first, second = two_proxies
+    fake_twilio.push_fault(Fault("429", seconds=1))
+    status, headers, body = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"], body["code"]) == (429, "forwarded", 20429)
+    assert headers["Retry-After"] == "1"
+    assert fake_twilio.creates == 0
+    status, headers, _ = await post_send(http, second.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert fake_twilio.creates == 1
+
+
+async def test_connect_refused_releases_and_the_retry_sends_once(
+    proxies, http, shared_redis_url, store_mode
+):
+    port = free_port()
+    redis_url = None if store_mode == "embedded" else shared_redis_url
+    proxy = await proxies.start(upstream=f"http://127.0.0.1:{port}", redis_url=redis_url)
+    status, headers, body = await post_send(http, proxy.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"], body["code"]) == (
+        502,
+        "upstream-unreachable",
+        79007,
+    )
+
+    runner, _url, state = await start_sandbox(port=port)  # Twilio is back on the same address
+    try:
+        status, headers, _ = await post_send(http, proxy.url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+        status, headers, _ = await post_send(http, proxy.url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+        assert state.creates == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_duplicate_waiting_on_an_attempt_that_turns_unknown_gets_409(
+    two_proxies, fake_twilio, http
+):
+    import asyncio
+
+    first, second = two_proxies
+    fake_twilio.push_fault(Fault("hang", seconds=30))
+    original = asyncio.create_task(post_send(http, first.url, FORM))
+    await fake_twilio.wait_for_creates(1)
+    status, headers, _ = await post_send(http, second.url, FORM)  # waits, then sees UNKNOWN
+    assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
+    assert (await original)[0] == 504
+    assert fake_twilio.creates == 1
