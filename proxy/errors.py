@@ -176,6 +176,7 @@ class PassthroughBroken(SendguardError):
 
 class Suppressed(SendguardError):
     status = 400
+    code = 0  # none of its own: each instance answers with the Twilio code it learned
     decision = Decision.SUPPRESSED
     default_message = "resending cannot succeed"
 

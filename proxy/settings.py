@@ -1,0 +1,606 @@
+"""sendguard's settings: one frozen model, loaded with precedence flag > env > file > default.
+
+The sources are pydantic-settings' own: init kwargs carry the CLI flags, `SENDGUARD_<NAME>`
+env vars, and one TOML file (`--config` or `SENDGUARD_CONFIG`). This module adds only value
+parsing (durations, sizes, comma lists) and turns pydantic's validation errors into a
+`ConfigError` with one `key: reason` line per bad key, so a bad deployment fails at startup.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import ErrorDetails, to_jsonable_python
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from proxy.durations import parse_duration, parse_size
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "ConfigError",
+    "GuardedRoute",
+    "Settings",
+    "load_settings",
+    "parse_duration",
+    "parse_recipient_limits",
+    "parse_size",
+]
+
+ENV_PREFIX = "SENDGUARD_"
+CONFIG_ENV = "SENDGUARD_CONFIG"
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+ByteCount = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
+
+ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}", re.ASCII)
+E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
+_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", re.ASCII)
+_HOST_GLOB = re.compile(r"[a-z0-9*?.\[\]!-]+", re.ASCII)
+_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
+_HTTP_TOKEN = re.compile(r"[A-Z]+", re.ASCII)
+_PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9]*\}", re.ASCII)
+_PHONE_LIKE = re.compile(r"\+?[0-9]{6,}", re.ASCII)
+
+_LIMIT_UNITS = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+_SCOPE_ARGS = {
+    "account": (ACCOUNT_SID, "AC + 32 hex digits"),
+    "sender": (re.compile(r"\S+"), "a From number, sender ID or MG… SID"),
+    "recipient": (E164, "an E.164 number like +14155550100"),
+    "prefix": (re.compile(r"\+[0-9]{1,15}", re.ASCII), "'+' and digits, like +44"),
+}
+_LIMITS_HINT = "use N/unit pairs like '5/min,20/h,50/day' with unit s, min, h or day; or 'off'"
+
+# Field values that may hold credentials: never echoed in errors, masked in repr and logs.
+_SECRET_KEYS = frozenset({"admin_token", "twilio_auth_tokens", "redis_url"})
+_URL_KEYS = ("upstream", "redis_url", "public_url")
+
+# The config file for the Settings() being built. A context variable because pydantic-settings
+# asks the class (not an instance) for its sources; load_settings() sets it around the call.
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("sendguard_config_file", default=None)
+
+
+class ConfigError(Exception):
+    """Invalid configuration: `problems` holds one (key, reason) pair per bad key."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(f"{key}: {reason}" for key, reason in problems))
+
+
+class GuardedRoute(BaseModel):
+    """A route whose POSTs are guarded sends (deduped, rate-limited, kill-switchable)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    method: str = "POST"
+    path: str
+    dedup_window: PositiveDuration | None = None  # None: the global dedup_window
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper_method(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().upper()
+            if not _HTTP_TOKEN.fullmatch(value):
+                raise ValueError(f"invalid HTTP method {value!r}")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not value.startswith("/") or "?" in value:
+            raise ValueError(f"{value!r} must be a path starting with '/', without a query")
+        if "{AccountSid}" not in value:
+            raise ValueError(f"{value!r} must contain {{AccountSid}} (dedup is scoped by account)")
+        if "{" in _PLACEHOLDER.sub("", value) or "}" in _PLACEHOLDER.sub("", value):
+            raise ValueError(f"{value!r} has a malformed {{placeholder}}")
+        return value
+
+
+def _default_routes() -> list[GuardedRoute]:
+    return [
+        GuardedRoute(name="messages", path="/2010-04-01/Accounts/{AccountSid}/Messages.json"),
+        GuardedRoute(name="calls", path="/2010-04-01/Accounts/{AccountSid}/Calls.json"),
+    ]
+
+
+class Settings(BaseSettings):
+    """Every sendguard setting. Build it with `load_settings()`; it is immutable."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    listen: str = Field("127.0.0.1:8080", description="Proxy listen address, host:port.")
+    admin_listen: str = Field("127.0.0.1:8081", description="Admin listen address, host:port.")
+    upstream: str = Field(
+        "https://api.twilio.com",
+        description="Default upstream: an http(s) URL without path, or 'sandbox'.",
+    )
+    upstream_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*.twilio.com"],
+        description="Host globs allowed in X-Sendguard-Upstream-Host, comma-separated.",
+    )
+    redis_url: str | None = Field(
+        None, description="Shared store URL (redis://, rediss://, unix://); unset = embedded."
+    )
+    redis_cluster: bool = Field(False, description="Treat redis_url as a Redis Cluster.")
+    data_dir: Path | None = Field(
+        None, description="Embedded store persistence directory; unset = in memory."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Admin API bearer token; unset = /v1/ refused. Prefer the env var."
+    )
+    public_url: str | None = Field(
+        None, description="Public http(s) URL of this proxy; enables the status-callback tee."
+    )
+    upstream_connect_timeout: PositiveDuration = Field(5.0, description="Upstream connect timeout.")
+    upstream_read_timeout: PositiveDuration = Field(30.0, description="Upstream read timeout.")
+    upstream_pool_size: int = Field(100, gt=0, description="Max pooled upstream connections.")
+    max_body_bytes: ByteCount = Field(1048576, description="Max request body (e.g. 1MiB).")
+    dedup_window: PositiveDuration = Field(600.0, description="Fingerprint dedup window.")
+    idempotency_ttl: PositiveDuration = Field(86400.0, description="Idempotency-Key retention.")
+    inflight_wait: Duration = Field(
+        5.0, description="How long a duplicate waits for the in-flight original."
+    )
+    guarded_routes: Annotated[list[GuardedRoute], NoDecode] = Field(
+        default_factory=_default_routes, description="Guarded send routes, as a JSON list."
+    )
+    recipient_limits: str = Field(
+        "5/min,20/h,50/day", description="Per-recipient send limits, or 'off'."
+    )
+    twilio_auth_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
+        default_factory=dict,
+        description="Callback-signature tokens, AC…=token,…; prefer the env var.",
+    )
+    kill_switch: str | None = Field(
+        None, description="Kill switch scopes, comma-separated (global, account:AC…, …)."
+    )
+    on_store_error: Literal["local", "closed", "open"] = Field(
+        "local", description="Store outage policy: local, closed or open."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level: debug, info, warning or error."
+    )
+    log_format: Literal["json", "console"] | None = Field(
+        None, description="Log format; unset = console on a TTY, else json."
+    )
+    shutdown_grace: Duration = Field(25.0, description="Graceful-shutdown deadline.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Exactly flags > env > TOML file; no .env or secrets-dir lookups behind the user's back.
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_CONFIG_FILE.get())
+        return (init_settings, env_settings, toml)
+
+    # -- value parsing -----------------------------------------------------------------------
+
+    @field_validator(
+        "redis_url", "data_dir", "admin_token", "public_url", "kill_switch", "log_format",
+        mode="before",
+    )  # fmt: skip
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `KEY=""` in env or TOML (which has no null) means "unset", as in the default config.
+        # Stripping also drops the trailing newline of a token mounted from a file.
+        if not isinstance(value, str):
+            return value
+        return value.strip() or None
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        split_host_port(value)
+        return value.strip()
+
+    @field_validator("upstream")
+    @classmethod
+    def _check_upstream(cls, value: str) -> str:
+        if value.strip().lower() == "sandbox":
+            return "sandbox"
+        return _check_http_url(value, allow_path=False)
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, allow_path=True)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_redis_url(value)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand_data_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser()
+
+    @field_validator("upstream_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_allowed_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = _split_commas(value)
+        if isinstance(value, list):
+            value = [_check_host_glob(item) if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("guarded_routes", mode="before")
+    @classmethod
+    def _parse_routes_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"invalid JSON ({exc.msg} at char {exc.pos})") from None
+        return value
+
+    @field_validator("guarded_routes")
+    @classmethod
+    def _check_routes_unique(cls, routes: list[GuardedRoute]) -> list[GuardedRoute]:
+        names = [route.name for route in routes]
+        targets = [(route.method, route.path) for route in routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        if len(set(targets)) != len(targets):
+            raise ValueError("two routes have the same method and path")
+        return routes
+
+    @field_validator("recipient_limits")
+    @classmethod
+    def _check_recipient_limits(cls, value: str) -> str:
+        parse_recipient_limits(value)
+        return value.strip()
+
+    @field_validator("twilio_auth_tokens", mode="before")
+    @classmethod
+    def _parse_auth_tokens(cls, value: object) -> object:
+        pairs = _parse_token_pairs(value) if isinstance(value, str) else value
+        if isinstance(pairs, dict):
+            for sid, token in pairs.items():
+                if not ACCOUNT_SID.fullmatch(str(sid)):
+                    raise ValueError(f"invalid account SID {sid!r} (AC + 32 hex digits)")
+                if isinstance(token, str) and not token.strip():
+                    raise ValueError(f"empty auth token for {sid}")
+            return {sid: t.strip() if isinstance(t, str) else t for sid, t in pairs.items()}
+        return pairs
+
+    @field_validator("kill_switch")
+    @classmethod
+    def _check_kill_switch(cls, value: str | None) -> str | None:
+        scopes = [] if value is None else [_check_scope(s) for s in _split_commas(value)]
+        return ",".join(scopes) or None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    # -- derived views -----------------------------------------------------------------------
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    @property
+    def admin_listen_host(self) -> str:
+        return split_host_port(self.admin_listen)[0]
+
+    @property
+    def admin_listen_port(self) -> int:
+        return split_host_port(self.admin_listen)[1]
+
+    @property
+    def upstream_is_sandbox(self) -> bool:
+        return self.upstream == "sandbox"
+
+    @property
+    def recipient_limit_windows(self) -> list[tuple[int, float]]:
+        """(count, window seconds) pairs, shortest window first; empty when limits are off."""
+        return parse_recipient_limits(self.recipient_limits)
+
+    @property
+    def kill_switch_scopes(self) -> list[str]:
+        return [] if self.kill_switch is None else self.kill_switch.split(",")
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if sys.stderr is not None and sys.stderr.isatty() else "json"
+
+    def route_dedup_window(self, route: GuardedRoute) -> float:
+        return self.dedup_window if route.dedup_window is None else route.dedup_window
+
+    def redacted_dict(self) -> dict[str, Any]:
+        """All settings as JSON-able values; secrets are "***", URL passwords and numbers masked."""
+        data = {name: _mask(name, getattr(self, name)) for name in type(self).model_fields}
+        result: dict[str, Any] = to_jsonable_python(data)
+        return result
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, value if name is None else _mask(name, value, keep_secret_type=True)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from flags (`overrides`, None = not given) > env > config file > defaults.
+
+    The config file is `config_file`, else `$SENDGUARD_CONFIG`, else none. Raises ConfigError.
+    """
+    path = _resolve_config_file(config_file)
+    given = {key: value for key, value in overrides.items() if value is not None}
+    token = _CONFIG_FILE.set(path)
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, given, path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("config", f"{path}: invalid TOML: {exc}")]) from exc
+    except OSError as exc:
+        raise ConfigError([("config", f"{path}: cannot read: {exc.strerror}")]) from exc
+    finally:
+        _CONFIG_FILE.reset(token)
+
+
+def parse_recipient_limits(spec: str) -> list[tuple[int, float]]:
+    """Parse "5/min,20/h" into [(5, 60.0), (20, 3600.0)], shortest window first; "off" -> []."""
+    text = spec.strip().lower()
+    if text == "off":
+        return []
+    windows: dict[float, int] = {}
+    for part in text.split(","):
+        count, _, unit = (piece.strip() for piece in part.partition("/"))
+        if not count.isascii() or not count.isdigit() or unit not in _LIMIT_UNITS:
+            raise ValueError(f"invalid limit {part.strip()!r} ({_LIMITS_HINT})")
+        if int(count) <= 0:
+            raise ValueError(f"invalid limit {part.strip()!r}: count must be positive")
+        window = _LIMIT_UNITS[unit]
+        if window in windows:
+            raise ValueError(f"two limits for the same window ({part.strip()!r})")
+        windows[window] = int(count)
+    return [(count, window) for window, count in sorted(windows.items())]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; the host is returned without brackets."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not _PORT.fullmatch(port) or int(port) > 65535:
+        raise ValueError(f"invalid address {address!r} (use host:port, e.g. 127.0.0.1:8080)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address in {address!r}") from None
+    elif ":" in host:
+        raise ValueError(f"invalid address {address!r}: put IPv6 addresses in brackets, [::1]:80")
+    elif not _HOSTNAME.fullmatch(host):
+        raise ValueError(f"invalid host in {address!r} (use 0.0.0.0 for all interfaces)")
+    return host, int(port)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _split_commas(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _check_http_url(value: str, *, allow_path: bool) -> str:
+    value = value.strip()
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        raise ValueError(f"invalid URL {value!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid URL {value!r} (use http(s)://host[:port])")
+    if parts.query or parts.fragment or (not allow_path and parts.path not in ("", "/")):
+        what = "query or fragment" if allow_path else "path, query or fragment"
+        raise ValueError(f"URL {value!r} must not have a {what}")
+    return value.rstrip("/")
+
+
+def _check_redis_url(value: str) -> str:
+    # Never echo the URL: it may carry a password.
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a malformed port
+    except ValueError:
+        raise ValueError("malformed URL") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"unsupported scheme {parts.scheme!r} (use redis://, rediss://, unix://)")
+    if parts.scheme == "unix" and not parts.path:
+        raise ValueError("unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("URL needs a host, e.g. redis://redis:6379/0")
+    return value
+
+
+def _check_host_glob(pattern: str) -> str:
+    pattern = pattern.strip().lower()
+    if not _HOST_GLOB.fullmatch(pattern):
+        raise ValueError(f"invalid host pattern {pattern!r} (a host glob like *.twilio.com)")
+    return pattern
+
+
+def _parse_token_pairs(value: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in _split_commas(value):
+        sid, sep, token = item.partition("=")
+        sid = sid.strip()
+        if not sep:  # don't echo the item: it may be a bare token
+            raise ValueError("expected AC…=token pairs separated by commas")
+        if sid in pairs:
+            raise ValueError(f"account {sid} listed twice")
+        pairs[sid] = token
+    return pairs
+
+
+def _check_scope(scope: str) -> str:
+    if scope == "global":
+        return scope
+    kind, _, arg = scope.partition(":")
+    if kind not in _SCOPE_ARGS:
+        raise ValueError(
+            f"unknown kill switch scope {kind!r} "
+            "(use global, account:AC…, sender:…, recipient:+E164, prefix:+digits)"
+        )
+    pattern, needs = _SCOPE_ARGS[kind]
+    if not pattern.fullmatch(arg):  # the argument may be a phone number: don't echo it
+        raise ValueError(f"invalid {kind}: scope (needs {needs})")
+    return scope
+
+
+def _mask(name: str, value: Any, *, keep_secret_type: bool = False) -> Any:
+    """A value safe to log: secrets hidden, URL passwords and phone numbers masked."""
+    if name in _URL_KEYS and isinstance(value, str):
+        return _mask_url_password(value)
+    if name == "kill_switch" and isinstance(value, str):
+        return ",".join(_mask_scope(scope) for scope in value.split(","))
+    if keep_secret_type:  # repr: SecretStr already renders as '**********'
+        return value
+    return _hide_secrets(value)
+
+
+def _hide_secrets(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return "***"
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    if isinstance(value, dict):
+        return {key: _hide_secrets(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_hide_secrets(item) for item in value]
+    return value
+
+
+def _mask_url_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo = f"{parts.username or ''}:***"
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def _mask_scope(scope: str) -> str:
+    kind, _, arg = scope.partition(":")
+    if kind in ("recipient", "sender"):
+        return f"{kind}:{_PHONE_LIKE.sub(_mask_number, arg)}"
+    return scope
+
+
+def _mask_number(match: re.Match[str]) -> str:
+    number = match.group(0)
+    return number[:3] + "*" * (len(number) - 5) + number[-2:]
+
+
+def _resolve_config_file(config_file: Path | None) -> Path | None:
+    if config_file is None:
+        from_env = os.environ.get(CONFIG_ENV, "").strip()
+        if not from_env:
+            return None
+        config_file = Path(from_env)
+    path = Path(config_file)  # tolerates a str from programmatic callers
+    if not path.is_file():
+        raise ConfigError([("config", f"no such file: {path}")])
+    return path
+
+
+def _problems(
+    exc: ValidationError, flags: dict[str, Any], path: Path | None
+) -> list[tuple[str, str]]:
+    # One line per bad key: several errors on one key (or one list item) are joined.
+    reasons: dict[str, list[str]] = {}
+    origins: dict[str, str | None] = {}
+    for error in exc.errors(include_url=False):
+        key = _format_loc(error["loc"])
+        reasons.setdefault(key, []).append(_reason(error))
+        origins[key] = _origin(str(error["loc"][0]), flags, path) if error["loc"] else None
+    return [
+        (key, "; ".join(dict.fromkeys(why)) + (f" (from {origins[key]})" if origins[key] else ""))
+        for key, why in reasons.items()
+    ]
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else part)
+    return key or "settings"
+
+
+def _reason(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    if error["type"] == "extra_forbidden":
+        if len(loc) != 1:
+            return "unknown key"
+        close = difflib.get_close_matches(str(loc[0]), Settings.model_fields, n=1)
+        return "unknown setting" + (f" (did you mean {close[0]}?)" if close else "")
+    if error["type"] == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    reason = error["msg"][:1].lower() + error["msg"][1:]
+    value = error["input"]
+    if loc and loc[0] not in _SECRET_KEYS and not isinstance(value, dict | list):
+        reason += f", got {value!r}"
+    return reason
+
+
+def _origin(key: str, flags: dict[str, Any], path: Path | None) -> str | None:
+    """Which source supplied `key`, following the precedence (defaults are never invalid)."""
+    if key in flags:
+        return "--" + key.replace("_", "-")
+    env_name = ENV_PREFIX + key.upper()
+    if any(name.upper() == env_name for name in os.environ):  # env lookup is case-insensitive
+        return f"env {env_name}"
+    return str(path) if path is not None else None

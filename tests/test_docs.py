@@ -1,0 +1,35 @@
+"""Docs are part of done: the README's config reference and error table follow the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from proxy import errors
+from proxy.decision import Decision
+from proxy.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DEFAULT_CONFIG = (ROOT / "config" / "sendguard.toml").read_text()
+
+
+def test_every_setting_is_in_the_readme_reference_and_the_default_config():
+    for name in Settings.model_fields:
+        assert f"| `{name}` | `SENDGUARD_{name.upper()}`" in README, name
+        assert re.search(rf"^(\[\[)?{name}\b", DEFAULT_CONFIG, re.MULTILINE), name
+
+
+def test_every_error_code_and_decision_is_in_the_error_table():
+    for error in vars(errors).values():
+        own = isinstance(error, type) and issubclass(error, errors.SendguardError)
+        if own and error.code >= 79000:
+            assert f"| {error.code} | `{error.decision.value}` |" in README, error.__name__
+    for decision in Decision:
+        assert f"`{decision.value}`" in README, decision
+
+
+def test_readme_opens_with_the_two_commands():
+    first_screen = "\n".join(README.splitlines()[:15])
+    assert "scripts/run" in first_screen and "scripts/test" in first_screen
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
