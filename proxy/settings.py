@@ -9,7 +9,6 @@ parsing (durations, sizes, comma lists) and turns pydantic's validation errors i
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import json
 import os
 import re
@@ -19,7 +18,6 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -39,6 +37,18 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from proxy.config_values import (
+    ACCOUNT_SID,
+    check_host_glob,
+    check_http_url,
+    check_redis_url,
+    check_scope,
+    mask,
+    parse_recipient_limits,
+    parse_token_pairs,
+    split_commas,
+    split_host_port,
+)
 from proxy.durations import parse_duration, parse_size
 
 __all__ = [
@@ -56,42 +66,15 @@ __all__ = [
 ENV_PREFIX = "SENDGUARD_"
 CONFIG_ENV = "SENDGUARD_CONFIG"
 
+_HTTP_TOKEN = re.compile(r"[A-Z]+", re.ASCII)
+_PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9]*\}", re.ASCII)
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 ByteCount = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 
-ACCOUNT_SID = re.compile(r"AC[0-9a-fA-F]{32}", re.ASCII)
-E164 = re.compile(r"\+[1-9][0-9]{1,14}", re.ASCII)
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?", re.ASCII)
-_HOST_GLOB = re.compile(r"[a-z0-9*?.\[\]!-]+", re.ASCII)
-_PORT = re.compile(r"[0-9]{1,5}", re.ASCII)
-_HTTP_TOKEN = re.compile(r"[A-Z]+", re.ASCII)
-_PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9]*\}", re.ASCII)
-_PHONE_LIKE = re.compile(r"\+?[0-9]{6,}", re.ASCII)
-
-_LIMIT_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-}
-_SCOPE_ARGS = {
-    "account": (ACCOUNT_SID, "AC + 32 hex digits"),
-    "sender": (re.compile(r"\S+"), "a From number, sender ID or MG… SID"),
-    "recipient": (E164, "an E.164 number like +14155550100"),
-    "prefix": (re.compile(r"\+[0-9]{1,15}", re.ASCII), "'+' and digits, like +44"),
-}
-_LIMITS_HINT = "use N/unit pairs like '5/min,20/h,50/day' with unit s, min, h or day; or 'off'"
-
 # Field values that may hold credentials: never echoed in errors, masked in repr and logs.
 _SECRET_KEYS = frozenset({"admin_token", "twilio_auth_tokens", "redis_url"})
-_URL_KEYS = ("upstream", "redis_url", "public_url")
 
 # The config file for the Settings() being built. A context variable because pydantic-settings
 # asks the class (not an instance) for its sources; load_settings() sets it around the call.
@@ -243,17 +226,17 @@ class Settings(BaseSettings):
     def _check_upstream(cls, value: str) -> str:
         if value.strip().lower() == "sandbox":
             return "sandbox"
-        return _check_http_url(value, allow_path=False)
+        return check_http_url(value, allow_path=False)
 
     @field_validator("public_url")
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, allow_path=True)
+        return None if value is None else check_http_url(value, allow_path=True)
 
     @field_validator("redis_url")
     @classmethod
-    def _check_redis_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_redis_url(value)
+    def check_redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_redis_url(value)
 
     @field_validator("data_dir")
     @classmethod
@@ -264,9 +247,9 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_allowed_hosts(cls, value: object) -> object:
         if isinstance(value, str):
-            value = _split_commas(value)
+            value = split_commas(value)
         if isinstance(value, list):
-            value = [_check_host_glob(item) if isinstance(item, str) else item for item in value]
+            value = [check_host_glob(item) if isinstance(item, str) else item for item in value]
         return value
 
     @field_validator("guarded_routes", mode="before")
@@ -299,7 +282,7 @@ class Settings(BaseSettings):
     @field_validator("twilio_auth_tokens", mode="before")
     @classmethod
     def _parse_auth_tokens(cls, value: object) -> object:
-        pairs = _parse_token_pairs(value) if isinstance(value, str) else value
+        pairs = parse_token_pairs(value) if isinstance(value, str) else value
         if isinstance(pairs, dict):
             for sid, token in pairs.items():
                 if not ACCOUNT_SID.fullmatch(str(sid)):
@@ -312,7 +295,7 @@ class Settings(BaseSettings):
     @field_validator("kill_switch")
     @classmethod
     def _check_kill_switch(cls, value: str | None) -> str | None:
-        scopes = [] if value is None else [_check_scope(s) for s in _split_commas(value)]
+        scopes = [] if value is None else [check_scope(s) for s in split_commas(value)]
         return ",".join(scopes) or None
 
     @field_validator("log_level", mode="before")
@@ -362,13 +345,13 @@ class Settings(BaseSettings):
 
     def redacted_dict(self) -> dict[str, Any]:
         """All settings as JSON-able values; secrets are "***", URL passwords and numbers masked."""
-        data = {name: _mask(name, getattr(self, name)) for name in type(self).model_fields}
+        data = {name: mask(name, getattr(self, name)) for name in type(self).model_fields}
         result: dict[str, Any] = to_jsonable_python(data)
         return result
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, value if name is None else _mask(name, value, keep_secret_type=True)
+            yield name, value if name is None else mask(name, value, keep_secret_type=True)
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
@@ -389,160 +372,6 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError([("config", f"{path}: cannot read: {exc.strerror}")]) from exc
     finally:
         _CONFIG_FILE.reset(token)
-
-
-def parse_recipient_limits(spec: str) -> list[tuple[int, float]]:
-    """Parse "5/min,20/h" into [(5, 60.0), (20, 3600.0)], shortest window first; "off" -> []."""
-    text = spec.strip().lower()
-    if text == "off":
-        return []
-    windows: dict[float, int] = {}
-    for part in text.split(","):
-        count, _, unit = (piece.strip() for piece in part.partition("/"))
-        if not count.isascii() or not count.isdigit() or unit not in _LIMIT_UNITS:
-            raise ValueError(f"invalid limit {part.strip()!r} ({_LIMITS_HINT})")
-        if int(count) <= 0:
-            raise ValueError(f"invalid limit {part.strip()!r}: count must be positive")
-        window = _LIMIT_UNITS[unit]
-        if window in windows:
-            raise ValueError(f"two limits for the same window ({part.strip()!r})")
-        windows[window] = int(count)
-    return [(count, window) for window, count in sorted(windows.items())]
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """("host", port) from "host:port" or "[v6]:port"; the host is returned without brackets."""
-    host, sep, port = address.strip().rpartition(":")
-    if not sep or not _PORT.fullmatch(port) or int(port) > 65535:
-        raise ValueError(f"invalid address {address!r} (use host:port, e.g. 127.0.0.1:8080)")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"invalid IPv6 address in {address!r}") from None
-    elif ":" in host:
-        raise ValueError(f"invalid address {address!r}: put IPv6 addresses in brackets, [::1]:80")
-    elif not _HOSTNAME.fullmatch(host):
-        raise ValueError(f"invalid host in {address!r} (use 0.0.0.0 for all interfaces)")
-    return host, int(port)
-
-
-# -- helpers --------------------------------------------------------------------------------
-
-
-def _split_commas(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
-
-
-def _check_http_url(value: str, *, allow_path: bool) -> str:
-    value = value.strip()
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError:
-        raise ValueError(f"invalid URL {value!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"invalid URL {value!r} (use http(s)://host[:port])")
-    if parts.query or parts.fragment or (not allow_path and parts.path not in ("", "/")):
-        what = "query or fragment" if allow_path else "path, query or fragment"
-        raise ValueError(f"URL {value!r} must not have a {what}")
-    return value.rstrip("/")
-
-
-def _check_redis_url(value: str) -> str:
-    # Never echo the URL: it may carry a password.
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 -- raises ValueError for a malformed port
-    except ValueError:
-        raise ValueError("malformed URL") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r} (use redis://, rediss://, unix://)")
-    if parts.scheme == "unix" and not parts.path:
-        raise ValueError("unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
-    if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError("URL needs a host, e.g. redis://redis:6379/0")
-    return value
-
-
-def _check_host_glob(pattern: str) -> str:
-    pattern = pattern.strip().lower()
-    if not _HOST_GLOB.fullmatch(pattern):
-        raise ValueError(f"invalid host pattern {pattern!r} (a host glob like *.twilio.com)")
-    return pattern
-
-
-def _parse_token_pairs(value: str) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    for item in _split_commas(value):
-        sid, sep, token = item.partition("=")
-        sid = sid.strip()
-        if not sep:  # don't echo the item: it may be a bare token
-            raise ValueError("expected AC…=token pairs separated by commas")
-        if sid in pairs:
-            raise ValueError(f"account {sid} listed twice")
-        pairs[sid] = token
-    return pairs
-
-
-def _check_scope(scope: str) -> str:
-    if scope == "global":
-        return scope
-    kind, _, arg = scope.partition(":")
-    if kind not in _SCOPE_ARGS:
-        raise ValueError(
-            f"unknown kill switch scope {kind!r} "
-            "(use global, account:AC…, sender:…, recipient:+E164, prefix:+digits)"
-        )
-    pattern, needs = _SCOPE_ARGS[kind]
-    if not pattern.fullmatch(arg):  # the argument may be a phone number: don't echo it
-        raise ValueError(f"invalid {kind}: scope (needs {needs})")
-    return scope
-
-
-def _mask(name: str, value: Any, *, keep_secret_type: bool = False) -> Any:
-    """A value safe to log: secrets hidden, URL passwords and phone numbers masked."""
-    if name in _URL_KEYS and isinstance(value, str):
-        return _mask_url_password(value)
-    if name == "kill_switch" and isinstance(value, str):
-        return ",".join(_mask_scope(scope) for scope in value.split(","))
-    if keep_secret_type:  # repr: SecretStr already renders as '**********'
-        return value
-    return _hide_secrets(value)
-
-
-def _hide_secrets(value: Any) -> Any:
-    if isinstance(value, SecretStr):
-        return "***"
-    if isinstance(value, BaseModel):
-        return value.model_dump()
-    if isinstance(value, dict):
-        return {key: _hide_secrets(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_hide_secrets(item) for item in value]
-    return value
-
-
-def _mask_url_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo = f"{parts.username or ''}:***"
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
-
-
-def _mask_scope(scope: str) -> str:
-    kind, _, arg = scope.partition(":")
-    if kind in ("recipient", "sender"):
-        return f"{kind}:{_PHONE_LIKE.sub(_mask_number, arg)}"
-    return scope
-
-
-def _mask_number(match: re.Match[str]) -> str:
-    number = match.group(0)
-    return number[:3] + "*" * (len(number) - 5) + number[-2:]
 
 
 def _resolve_config_file(config_file: Path | None) -> Path | None:
