@@ -21,6 +21,7 @@ REQUEST_FINISHED = "request_finished"
 RECORD_MARKED_UNKNOWN = "record_marked_unknown"
 CLAIM_LOST = "claim_lost"
 STORE_ERROR = "store_error"
+WOULD_BLOCK = "would_block"  # a guard in report mode let through what it would have blocked
 
 _CORRELATION_KEY = secrets.token_bytes(16)
 

@@ -50,6 +50,8 @@ from proxy.config_values import (
     split_host_port,
 )
 from proxy.durations import parse_duration, parse_size
+from proxy.guard.suppression import DEFAULT_RULES as DEFAULT_SUPPRESSION_RULES
+from proxy.guard.suppression import parse_rules as parse_suppression_rules
 
 __all__ = [
     "CONFIG_ENV",
@@ -69,6 +71,7 @@ CONFIG_ENV = "SENDGUARD_CONFIG"
 _HTTP_TOKEN = re.compile(r"[A-Z]+", re.ASCII)
 _PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9]*\}", re.ASCII)
 
+GuardModeName = Literal["off", "report", "enforce"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
 ByteCount = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
@@ -170,6 +173,23 @@ class Settings(BaseSettings):
     recipient_limits: str = Field(
         "5/min,20/h,50/day", description="Per-recipient send limits, or 'off'."
     )
+    recipient_limits_mode: GuardModeName = Field(
+        "enforce", description="Recipient limits and breaker: off, report or enforce."
+    )
+    breaker_cooldown: PositiveDuration = Field(
+        60.0, description="First breaker cooldown; doubles on each consecutive trip."
+    )
+    breaker_max_cooldown: PositiveDuration = Field(86400.0, description="Longest cooldown.")
+    suppressions: str = Field(
+        DEFAULT_SUPPRESSION_RULES,
+        description="Non-retryable codes: CODE=scope:ttl,… (scope sender|recipient|message).",
+    )
+    suppression_mode: GuardModeName = Field(
+        "enforce", description="Suppression of hopeless resends: off, report or enforce."
+    )
+    upstream_429_budget: Duration = Field(
+        5.0, description="How long upstream 429s are retried inside sendguard."
+    )
     twilio_auth_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(
         default_factory=dict,
         description="Callback-signature tokens, AC…=token,…; prefer the env var.",
@@ -235,7 +255,7 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def check_redis_url(cls, value: str | None) -> str | None:
+    def _validate_redis_url(cls, value: str | None) -> str | None:
         return None if value is None else check_redis_url(value)
 
     @field_validator("data_dir")
@@ -277,6 +297,12 @@ class Settings(BaseSettings):
     @classmethod
     def _check_recipient_limits(cls, value: str) -> str:
         parse_recipient_limits(value)
+        return value.strip()
+
+    @field_validator("suppressions")
+    @classmethod
+    def _check_suppressions(cls, value: str) -> str:
+        parse_suppression_rules(value)
         return value.strip()
 
     @field_validator("twilio_auth_tokens", mode="before")

@@ -5,6 +5,8 @@ Each test makes the fake Twilio fail in one way, then retries the same send, and
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from proxy.sandbox import Fault, start_sandbox
@@ -70,18 +72,46 @@ async def test_sdk_retry_after_timeout_creates_nothing_more(two_proxies, fake_tw
     assert fake_twilio.creates == 1
 
 
-async def test_429_releases_the_claim_and_the_retry_sends_once(two_proxies, fake_twilio, http):
-    first, second = two_proxies
+async def test_429_then_success_is_retried_inside_sendguard(two_proxies, fake_twilio, http):
+    first, _ = two_proxies
     fake_twilio.push_fault(Fault("429", seconds=1))
-    status, headers, body = await post_send(http, first.url, FORM)
+    status, headers, _body = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert len(fake_twilio.create_requests()) == 2  # the 429'd attempt, then the create
+    assert fake_twilio.creates == 1
+
+
+async def test_persistent_429_goes_back_released_and_a_later_retry_sends_once(
+    two_proxies, fake_twilio, http, proxies
+):
+    first, _ = two_proxies
+    impatient = await proxies.start(
+        redis_url=first.store_url, upstream=fake_twilio.url, upstream_429_budget=0.6
+    )
+    fake_twilio.push_fault(Fault("429"), times=100)
+    started = asyncio.get_running_loop().time()
+    status, headers, body = await post_send(http, impatient.url, FORM)
+    elapsed = asyncio.get_running_loop().time() - started
     assert (status, headers["X-Sendguard-Decision"], body["code"]) == (429, "forwarded", 20429)
-    assert headers["Retry-After"] == "1"
+    assert 0.2 < elapsed < 3  # backoffs of ~0.1 s then ~0.2 s at least
+    assert len(fake_twilio.create_requests()) >= 3  # backed off and retried, within the budget
     assert fake_twilio.creates == 0
-    status, headers, _ = await post_send(http, second.url, FORM)
+    fake_twilio.clear_faults()
+    status, headers, _ = await post_send(http, impatient.url, FORM)
     assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
     status, headers, _ = await post_send(http, first.url, FORM)
     assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
     assert fake_twilio.creates == 1
+
+
+async def test_a_retry_after_beyond_the_budget_is_answered_at_once(two_proxies, fake_twilio, http):
+    first, _ = two_proxies
+    fake_twilio.push_fault(Fault("429", seconds=30))
+    started = asyncio.get_running_loop().time()
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["Retry-After"]) == (429, "30")
+    assert asyncio.get_running_loop().time() - started < 1
+    assert fake_twilio.creates == 0
 
 
 async def test_connect_refused_releases_and_the_retry_sends_once(
@@ -111,8 +141,6 @@ async def test_connect_refused_releases_and_the_retry_sends_once(
 async def test_duplicate_waiting_on_an_attempt_that_turns_unknown_gets_409(
     two_proxies, fake_twilio, http
 ):
-    import asyncio
-
     first, second = two_proxies
     fake_twilio.push_fault(Fault("hang", seconds=30))
     original = asyncio.create_task(post_send(http, first.url, FORM))

@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl
 
 from proxy.errors import InvalidIdempotencyKey, InvalidRequest
 from proxy.guard.routes import RouteMatch
+from proxy.guard.suppression import content_field
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 # Visible ASCII (0x21-0x7E), 1-255 chars: SPEC §3.1.
@@ -38,8 +39,10 @@ class SendFacts:
     payload_hash: str  # canonical form + route: what "same payload" means for a key
     dedup_id: str  # the identity a record is stored under (key scope or fingerprint)
     to: str  # normalised recipient ("" if absent)
-    sender: str  # From or MessagingServiceSid ("" if absent)
+    sender: str  # MessagingServiceSid, else From ("" if absent)
     body_hash: str  # for reconciliation against Twilio's message list
+    recipient_tag: str  # the hash tag of every key this send touches
+    content: str  # the message-scope suppression field: sender + body
 
     @property
     def by_key(self) -> bool:
@@ -88,6 +91,11 @@ def normalise_recipient(raw: str) -> str:
     return f"{channel.lower()}{sep}{address}" if sep else address
 
 
+def recipient_tag(account_sid: str, to: str) -> str:
+    """The Redis hash tag of one recipient: opaque, so no key spells out a phone number."""
+    return "r" + hashlib.sha256(f"{account_sid}\x00{to}".encode()).hexdigest()[:24]
+
+
 def credential_hash(authorization: str) -> str:
     return hmac.new(_SCOPE_PEPPER, authorization.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -133,6 +141,9 @@ def build_facts(
         dedup_id = "k" + _sha(account, cred, key)[:40]
     else:
         dedup_id = "f" + _sha(account, cred, route.route.name, canonical)[:40]
+    to = normalise_recipient(first_value(form, "To"))
+    sender = first_value(form, "MessagingServiceSid") or first_value(form, "From")
+    body_text = first_value(form, "Body")
     return SendFacts(
         route=route,
         credential_hash=cred,
@@ -140,7 +151,9 @@ def build_facts(
         idempotency_key=key,
         payload_hash=payload_hash,
         dedup_id=dedup_id,
-        to=normalise_recipient(first_value(form, "To")),
-        sender=first_value(form, "From") or first_value(form, "MessagingServiceSid"),
-        body_hash=_sha(first_value(form, "Body"))[:16],
+        to=to,
+        sender=sender,
+        body_hash=_sha(body_text)[:16],
+        recipient_tag=recipient_tag(account, to),
+        content=content_field(sender, body_text),
     )

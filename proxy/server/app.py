@@ -17,13 +17,17 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from proxy.errors import BodyTooLarge
+from proxy.guard.protection import GuardMode, LimitWindow, ProtectionPolicy
 from proxy.guard.routes import RouteSpec, RouteTable
+from proxy.guard.suppression import parse_rules as parse_suppression_rules
 from proxy.logs import configure_logging, get_logger
+from proxy.metrics import Metrics
 from proxy.server.forward import forward_passthrough
-from proxy.server.guarded import DedupPolicy, SendGuard
-from proxy.server.middleware import proxy_middleware
-from proxy.store.dedup_store import DedupStore, RedisClient
+from proxy.server.guarded import GuardPolicy, SendGuard
+from proxy.server.learning import SuppressionLearner
+from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
 from proxy.store.embedded import EmbeddedStore
+from proxy.store.send_store import RedisClient, SendStore
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
@@ -44,13 +48,15 @@ class Runtime:
     max_body: int
     routes: RouteTable
     client: UpstreamClient
-    store: DedupStore
+    store: SendStore
     guard: SendGuard
+    learner: SuppressionLearner
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 UPSTREAM_URL: web.AppKey[str] = web.AppKey("upstream_url", str)
 STORE_URL: web.AppKey[str] = web.AppKey("store_url", str)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 
@@ -62,9 +68,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
     )
     body = await read_body(request, runtime.max_body)
     match = runtime.routes.match(request.method, request.path)
-    if match is None:
-        return await forward_passthrough(request, body, upstream, runtime.client)
-    return await runtime.guard.handle(request, body, upstream, match)
+    if match is not None:
+        return await runtime.guard.handle(request, body, upstream, match)
+    learner = runtime.learner
+
+    def watch(status: int) -> int:
+        # Keep fetched/listed Message bodies: their error codes feed suppression.
+        return runtime.max_body if learner.watches(request.method, request.path, status) else 0
+
+    response, kept = await forward_passthrough(request, body, upstream, runtime.client, watch)
+    if kept is not None:
+        learner.learn_in_background(kept, response.headers.get("Content-Encoding", ""))
+    return response
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -121,13 +136,11 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         max_body=settings.max_body_bytes,
     )
     await client.start()
-    store = DedupStore(app[REDIS])
-    policy = DedupPolicy(
-        idempotency_ttl=settings.idempotency_ttl,
-        inflight_wait=settings.inflight_wait,
-        lease=settings.upstream_connect_timeout
-        + settings.upstream_read_timeout
-        + LEASE_MARGIN_SECONDS,
+    store = SendStore(app[REDIS])
+    policy = guard_policy(settings)
+    metrics = app[METRICS]
+    learner = SuppressionLearner(
+        store, policy.suppression_rules, GuardMode(settings.suppression_mode), metrics
     )
     app[RUNTIME] = Runtime(
         upstream=Upstream.from_url(app[UPSTREAM_URL]),
@@ -136,12 +149,39 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         routes=RouteTable(route_specs(settings)),
         client=client,
         store=store,
-        guard=SendGuard(store, client, policy),
+        guard=SendGuard(store, client, policy, metrics),
+        learner=learner,
     )
     try:
         yield
     finally:
+        await learner.drain()
         await client.close()
+
+
+def guard_policy(settings: Settings) -> GuardPolicy:
+    protection = ProtectionPolicy(
+        windows=tuple(LimitWindow(c, w) for c, w in settings.recipient_limit_windows),
+        limits_mode=GuardMode(settings.recipient_limits_mode),
+        suppression_mode=GuardMode(settings.suppression_mode),
+        cooldown=settings.breaker_cooldown,
+        max_cooldown=settings.breaker_max_cooldown,
+    )
+    # The owner of a claim may spend its 429 retries plus one full attempt before it records.
+    lease = (
+        settings.upstream_connect_timeout
+        + settings.upstream_read_timeout
+        + settings.upstream_429_budget
+        + LEASE_MARGIN_SECONDS
+    )
+    return GuardPolicy(
+        idempotency_ttl=settings.idempotency_ttl,
+        inflight_wait=settings.inflight_wait,
+        lease=lease,
+        protection=protection,
+        suppression_rules=parse_suppression_rules(settings.suppressions),
+        retry_429_budget=settings.upstream_429_budget,
+    )
 
 
 def route_specs(settings: Settings) -> list[RouteSpec]:
@@ -161,6 +201,8 @@ def route_specs(settings: Settings) -> list[RouteSpec]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[proxy_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
+    metrics = app[METRICS] = Metrics()
+    app[REQUEST_COUNTER] = lambda decision: metrics.requests.labels(decision.value).inc()
     app.cleanup_ctx.append(_sandbox_upstream)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_guard)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -23,8 +24,14 @@ def upstream_url(upstream: Upstream, request: web.Request) -> str:
 
 
 async def forward_passthrough(
-    request: web.Request, body: bytes, upstream: Upstream, client: UpstreamClient
-) -> web.StreamResponse:
+    request: web.Request,
+    body: bytes,
+    upstream: Upstream,
+    client: UpstreamClient,
+    watch: Callable[[int], int] | None = None,
+) -> tuple[web.StreamResponse, bytes | None]:
+    """Stream the answer back. `watch(status)` may ask to keep up to N bytes of it: the kept
+    body is returned (None when it was not kept, or was larger than asked)."""
     ctx = request[CONTEXT]
     ctx.decide(Decision.PASSTHROUGH)
     headers = upstream_request_headers(request.headers, upstream.authority, identity_encoding=False)
@@ -45,10 +52,19 @@ async def forward_passthrough(
                 response.content_length = answer.content_length
             stamp(response, ctx)
             await response.prepare(request)
+            keep = watch(answer.status) if watch is not None else 0
+            kept: list[bytes] | None = [] if keep else None
+            size = 0
             async for chunk in answer.content.iter_chunked(STREAM_CHUNK):
                 await response.write(chunk)
+                if kept is not None:
+                    size += len(chunk)
+                    if size <= keep:
+                        kept.append(chunk)
+                    else:
+                        kept = None
             await response.write_eof()
-            return response
+            return response, b"".join(kept) if kept is not None else None
     except NotSent as exc:
         raise UpstreamUnreachable(reason="connect-failed") from exc
     except SentNoAnswer as exc:
@@ -58,6 +74,6 @@ async def forward_passthrough(
             ctx.reason = f"upstream-broke-mid-stream-{exc.kind}"
             if request.transport is not None:
                 request.transport.abort()
-            return response
+            return response, None
         error = PassthroughTimedOut if exc.kind == "timeout" else PassthroughBroken
         raise error(reason=f"upstream-{exc.kind}") from exc

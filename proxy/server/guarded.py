@@ -1,10 +1,10 @@
-"""Guarded sends: facts -> claim (one round trip) -> pure decision -> act -> record the outcome.
+"""Guarded sends: facts -> claim (one round trip) -> pure decisions -> act -> record the outcome.
 
-Round trips per send (SPEC §6): a fresh send costs two (claim, complete), a replay one (claim).
-Every way an attempt can end is settled exactly once:
+Round trips per send (SPEC §6): a fresh send costs two (claim, complete), a replay one (claim),
+a refused send two (claim, release). Every way an attempt can end is settled exactly once:
 
-    upstream answered 2xx/4xx  -> complete (stored, replayed to duplicates)
-    upstream answered 429      -> release  (never processed: a retry may send)
+    upstream answered 2xx/4xx  -> complete (stored, replayed to duplicates; codes learned)
+    upstream answered 429      -> retried inside the budget; then release (a retry may send)
     upstream answered 5xx      -> UNKNOWN  (Twilio may have created it)
     connect failed             -> release  (nothing left this host)
     timeout/reset after send   -> UNKNOWN
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -26,25 +27,33 @@ from multidict import CIMultiDict
 
 from proxy.decision import Decision
 from proxy.errors import (
+    BreakerOpen,
     InFlight,
     KeyMismatch,
     OutcomeUnknown,
+    RateLimited,
+    SendguardError,
     StoreUnavailable,
+    Suppressed,
     UpstreamReset,
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
 from proxy.guard.dedup import Action, DedupRecord, Outcome, StoredResponse, classify_status, decide
 from proxy.guard.facts import SendFacts, build_facts
+from proxy.guard.protection import ProtectionPolicy, Verdict, judge
 from proxy.guard.routes import RouteMatch
+from proxy.guard.suppression import SuppressionRule, error_code_in, learn, scope_fields
 from proxy.logs import (
     CLAIM_LOST,
     RECORD_MARKED_UNKNOWN,
     STORE_ERROR,
+    WOULD_BLOCK,
     correlation_hash,
     get_logger,
     mask_phone,
 )
+from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT, RequestContext
 from proxy.server.forward import upstream_url
 from proxy.server.headers import (
@@ -53,7 +62,7 @@ from proxy.server.headers import (
     replayable_headers,
     upstream_request_headers,
 )
-from proxy.store.dedup_store import DedupStore, StoreError
+from proxy.store.send_store import ClaimRequest, ClaimResult, SendRef, SendStore, StoreError
 from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient, UpstreamResult
 from proxy.upstream.hosts import Upstream
 
@@ -61,10 +70,13 @@ log = get_logger("sendguard.guard")
 
 
 @dataclass(frozen=True)
-class DedupPolicy:
+class GuardPolicy:
     idempotency_ttl: float  # seconds a keyed record (and any UNKNOWN record) is kept
     inflight_wait: float  # how long a duplicate waits for the original before 409
-    lease: float  # longest an owner can still be working: connect + read timeout + margin
+    lease: float  # longest an owner can still be working on its send
+    protection: ProtectionPolicy
+    suppression_rules: dict[int, SuppressionRule]
+    retry_429_budget: float  # seconds of upstream-429 retries inside the proxy
     poll_first: float = 0.02
     poll_max: float = 0.25
 
@@ -85,12 +97,30 @@ class DedupPolicy:
     def lease_ms(self) -> int:
         return int(self.lease * 1000)
 
+    def claim_request(self, facts: SendFacts, token: str, meta: dict[str, str]) -> ClaimRequest:
+        windows = self.protection.windows if self.protection.keep_ms else ()
+        return ClaimRequest(
+            token=token,
+            payload_hash=facts.payload_hash,
+            lease_ms=self.lease_ms,
+            ttl_ms=self.claim_ttl_ms(facts),
+            slide_ms=0 if facts.by_key else self.ttl_ms(facts),
+            meta=meta,
+            window_ms=tuple(window.ms for window in windows),
+            keep_ms=self.protection.keep_ms,
+            scopes=scope_fields(facts.sender, facts.content),
+            key_index=facts.by_key,
+        )
+
 
 class SendGuard:
-    def __init__(self, store: DedupStore, client: UpstreamClient, policy: DedupPolicy) -> None:
+    def __init__(
+        self, store: SendStore, client: UpstreamClient, policy: GuardPolicy, metrics: Metrics
+    ) -> None:
         self.store = store
         self.client = client
         self.policy = policy
+        self.metrics = metrics
 
     async def handle(
         self, request: web.Request, body: bytes, upstream: Upstream, route: RouteMatch
@@ -110,24 +140,21 @@ class SendGuard:
             to=mask_phone(facts.to),
             to_ref=correlation_hash(facts.to),
         )
+        ref = SendRef(facts.recipient_tag, facts.dedup_id)
         token = secrets.token_hex(16)
+        claim_request = self.policy.claim_request(facts, token, _reconciliation_meta(facts))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.inflight_wait
         delay = self.policy.poll_first
         while True:
-            try:
-                claim = await self.store.claim(
-                    facts.dedup_id,
-                    token=token,
-                    payload_hash=facts.payload_hash,
-                    lease_ms=self.policy.lease_ms,
-                    ttl_ms=self.policy.claim_ttl_ms(facts),
-                    slide_ms=0 if facts.by_key else self.policy.ttl_ms(facts),
-                    meta=_reconciliation_meta(facts),
-                )
-            except StoreError as exc:
-                log.error(STORE_ERROR, request_id=ctx.request_id, error=str(exc))
-                raise StoreUnavailable(reason="store-error") from exc
+            claim = await self._claim(ctx, ref, claim_request)
+            if claim.key_owner is not None and claim.key_owner != f"{ref.tag} {facts.payload_hash}":
+                if claim.claimed:
+                    await self._release(ctx, ref, token)
+                raise KeyMismatch(reason="key-reused-with-other-payload")
+            if claim.claimed:
+                await self._apply_protection(ctx, ref, token, claim)
+                return await self._forward(request, ctx, facts, ref, body, upstream, token)
             decision = decide(
                 claim.record,
                 payload_hash=facts.payload_hash,
@@ -135,8 +162,6 @@ class SendGuard:
                 now_ms=claim.now_ms,
             )
             record = decision.record
-            if decision.action is Action.FORWARD:
-                return await self._forward(request, ctx, facts, body, upstream, token)
             assert record is not None
             if decision.action is Action.REPLAY:
                 return _replay(ctx, record, decision.reason)
@@ -145,7 +170,7 @@ class SendGuard:
             if decision.action is Action.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(reason=decision.reason)
             if decision.action is Action.MARK_STALE:
-                await self._mark_stale(ctx, facts, record)
+                await self._mark_stale(ctx, facts, ref, record)
                 continue  # re-read: it is UNKNOWN now, or the owner finished after all
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -154,11 +179,47 @@ class SendGuard:
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self.policy.poll_max)
 
+    async def _claim(self, ctx: RequestContext, ref: SendRef, request: ClaimRequest) -> ClaimResult:
+        try:
+            return await self.store.claim(ref, request)
+        except StoreError as exc:
+            log.error(STORE_ERROR, request_id=ctx.request_id, step="claim", error=str(exc))
+            raise StoreUnavailable(reason="store-error") from exc
+
+    async def _apply_protection(
+        self, ctx: RequestContext, ref: SendRef, token: str, claim: ClaimResult
+    ) -> None:
+        assert claim.recipient is not None
+        verdict = judge(claim.recipient, self.policy.protection, claim.now_ms)
+        if verdict.would_block:
+            log.warning(WOULD_BLOCK, request_id=ctx.request_id, decision=verdict.decision,
+                        reason=verdict.reason, **_scope_fields(ctx))  # fmt: skip
+            ctx.fields["would_block"] = verdict.reason
+            assert verdict.decision is not None
+            self.metrics.would_block.labels(verdict.decision.value).inc()
+        if verdict.allow:
+            if verdict.reason:
+                ctx.fields["protection"] = verdict.reason
+            return
+        await self._release(
+            ctx,
+            ref,
+            token,
+            trip_ms=verdict.trip_ms,
+            breaker_ttl_ms=self.policy.protection.breaker_ttl_ms,
+        )
+        if verdict.trip_ms:
+            self.metrics.breaker_trips.inc()
+            log.warning("breaker_opened", request_id=ctx.request_id, reason=verdict.reason,
+                        cooldown_s=verdict.trip_ms / 1000, **_scope_fields(ctx))  # fmt: skip
+        raise _refusal(verdict)
+
     async def _forward(
         self,
         request: web.Request,
         ctx: RequestContext,
         facts: SendFacts,
+        ref: SendRef,
         body: bytes,
         upstream: Upstream,
         token: str,
@@ -169,51 +230,93 @@ class SendGuard:
         )
         started = time.perf_counter()
         try:
-            result = await self.client.send(
-                request.method, upstream_url(upstream, request), headers, body
+            result = await self._send_within_429_budget(
+                ctx, request.method, upstream_url(upstream, request), headers, body
             )
         except NotSent as exc:
-            await self._release(ctx, facts, token)
+            await self._release(ctx, ref, token)
             raise UpstreamUnreachable(reason="connect-failed") from exc
         except SentNoAnswer as exc:
-            await self._mark_own_unknown(ctx, facts, token, f"upstream-{exc.kind}")
+            await self._mark_own_unknown(ctx, facts, ref, token, f"upstream-{exc.kind}")
             error = UpstreamTimedOut if exc.kind == "timeout" else UpstreamReset
             raise error(reason=f"upstream-{exc.kind}") from exc
         except asyncio.CancelledError:
             # The request may already be on the wire; settle before letting the cancel through.
-            await asyncio.shield(self._mark_own_unknown(ctx, facts, token, "cancelled"))
+            await asyncio.shield(self._mark_own_unknown(ctx, facts, ref, token, "cancelled"))
             raise
         ctx.upstream_status = result.status
         ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
         outcome = classify_status(result.status)
         if outcome is Outcome.NOT_SENT:
-            await self._release(ctx, facts, token)
+            await self._release(ctx, ref, token)
             ctx.reason = "upstream-429-released"
         elif outcome is Outcome.AMBIGUOUS:
-            await self._mark_own_unknown(ctx, facts, token, f"upstream-{result.status}")
+            await self._mark_own_unknown(ctx, facts, ref, token, f"upstream-{result.status}")
             ctx.reason = f"upstream-{result.status}-outcome-unknown"
         else:
-            await self._complete(ctx, facts, token, result)
+            await self._complete(ctx, facts, ref, token, result)
         return web.Response(
             status=result.status,
             body=result.body,
             headers=downstream_response_headers(result.headers),
         )
 
+    async def _send_within_429_budget(
+        self, ctx: RequestContext, method: str, url: str, headers: CIMultiDict[str], body: bytes
+    ) -> UpstreamResult:
+        """Twilio's 429 means "never processed": retry it here, with exponential backoff and
+        jitter, honouring Retry-After, while the budget lasts; then the 429 goes back."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.policy.retry_429_budget
+        backoff = 0.1
+        attempt = 0
+        while True:
+            result = await self.client.send(method, url, headers, body)
+            if result.status != 429:
+                return result
+            wait = max(_retry_after(result), backoff) * random.uniform(0.8, 1.2)
+            if loop.time() + wait > deadline:
+                return result
+            attempt += 1
+            ctx.fields["upstream_429_retries"] = attempt
+            self.metrics.upstream_429_retries.inc()
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, 5.0)
+
     async def _complete(
-        self, ctx: RequestContext, facts: SendFacts, token: str, result: UpstreamResult
+        self,
+        ctx: RequestContext,
+        facts: SendFacts,
+        ref: SendRef,
+        token: str,
+        result: UpstreamResult,
     ) -> None:
         sid = _message_sid(result)
         if sid:
             ctx.fields["message_sid"] = sid
+        learned = learn(
+            error_code_in(result.status, result.body),
+            self.policy.suppression_rules,
+            sender=facts.sender,
+            content=facts.content,
+            now_ms=int(time.time() * 1000),
+            source="response",
+        )
+        if learned is not None:
+            self.metrics.suppressions_learned.labels(str(learned[1].code), "response").inc()
+            log.warning("suppression_learned", request_id=ctx.request_id,
+                        code=learned[1].code, scope=learned[0].split(":", 1)[0],
+                        **_scope_fields(ctx))  # fmt: skip
         stored = StoredResponse(result.status, replayable_headers(result.headers), result.body)
         try:
             done = await self.store.complete(
-                facts.dedup_id,
+                ref,
                 token=token,
                 response=stored,
                 message_sid=sid,
                 ttl_ms=self.policy.ttl_ms(facts),
+                content=facts.content,
+                learned=[learned] if learned else [],
             )
         except StoreError as exc:
             # The message WAS sent: answer with it. The unrecorded claim turns UNKNOWN when
@@ -223,9 +326,19 @@ class SendGuard:
         if done == 0:
             log.warning(CLAIM_LOST, request_id=ctx.request_id, step="complete")
 
-    async def _release(self, ctx: RequestContext, facts: SendFacts, token: str) -> None:
+    async def _release(
+        self,
+        ctx: RequestContext,
+        ref: SendRef,
+        token: str,
+        *,
+        trip_ms: int = 0,
+        breaker_ttl_ms: int = 0,
+    ) -> None:
         try:
-            released = await self.store.release(facts.dedup_id, token=token)
+            released = await self.store.release(
+                ref, token=token, trip_ms=trip_ms, breaker_ttl_ms=breaker_ttl_ms
+            )
         except StoreError as exc:
             log.error(STORE_ERROR, request_id=ctx.request_id, step="release", error=str(exc))
             return
@@ -233,11 +346,11 @@ class SendGuard:
             log.warning(CLAIM_LOST, request_id=ctx.request_id, step="release")
 
     async def _mark_own_unknown(
-        self, ctx: RequestContext, facts: SendFacts, token: str, reason: str
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, reason: str
     ) -> None:
         try:
             await self.store.mark_unknown(
-                facts.dedup_id,
+                ref,
                 token=token,
                 reason=reason,
                 ttl_ms=self.policy.unknown_ttl_ms(facts),
@@ -246,18 +359,15 @@ class SendGuard:
         except StoreError as exc:
             log.error(STORE_ERROR, request_id=ctx.request_id, step="mark_unknown", error=str(exc))
             return
-        log.warning(
-            RECORD_MARKED_UNKNOWN,
-            request_id=ctx.request_id,
-            reason=reason,
-            account=facts.account_sid,
-            to=mask_phone(facts.to),
-        )
+        log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id, reason=reason,
+                    **_scope_fields(ctx))  # fmt: skip
 
-    async def _mark_stale(self, ctx: RequestContext, facts: SendFacts, record: DedupRecord) -> None:
+    async def _mark_stale(
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef, record: DedupRecord
+    ) -> None:
         try:
             marked = await self.store.mark_unknown(
-                facts.dedup_id,
+                ref,
                 token=record.token,
                 reason="claim-owner-gone",
                 ttl_ms=self.policy.unknown_ttl_ms(facts),
@@ -267,13 +377,31 @@ class SendGuard:
             log.error(STORE_ERROR, request_id=ctx.request_id, step="mark_stale", error=str(exc))
             raise StoreUnavailable(reason="store-error") from exc
         if marked == 1:
-            log.warning(
-                RECORD_MARKED_UNKNOWN,
-                request_id=ctx.request_id,
-                reason="claim-owner-gone",
-                account=facts.account_sid,
-                to=mask_phone(facts.to),
-            )
+            log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id,
+                        reason="claim-owner-gone", **_scope_fields(ctx))  # fmt: skip
+
+
+def _refusal(verdict: Verdict) -> SendguardError:
+    if verdict.decision is Decision.SUPPRESSED:
+        assert verdict.twilio_code is not None
+        return Suppressed(
+            verdict.twilio_code,
+            f"resending cannot succeed: Twilio answered {verdict.twilio_code} for this recipient",
+            reason=verdict.reason,
+        )
+    error = BreakerOpen if verdict.decision is Decision.BREAKER_OPEN else RateLimited
+    return error(retry_after=verdict.retry_after, reason=verdict.reason)
+
+
+def _scope_fields(ctx: RequestContext) -> dict[str, object]:
+    return {key: ctx.fields[key] for key in ("account", "to", "to_ref") if key in ctx.fields}
+
+
+def _retry_after(result: UpstreamResult) -> float:
+    try:
+        return max(0.0, float(result.headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
 
 
 def _replay(ctx: RequestContext, record: DedupRecord, reason: str) -> web.Response:

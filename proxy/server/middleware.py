@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRefused
 from proxy.logs import REQUEST_FINISHED, get_logger, mask_phone
 from proxy.server.context import CONTEXT, RequestContext, request_id_from
 from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
 
 log = get_logger("sendguard.proxy")
+# Set by the app: called once per answered request with the decision (metrics).
+REQUEST_COUNTER: web.AppKey[Callable[[Decision], None]] = web.AppKey("request_counter")
 
 
 def render_error(error: SendguardError) -> web.Response:
@@ -62,6 +66,9 @@ async def proxy_middleware(request: web.Request, handler: Handler) -> web.Stream
         response = render_error(internal)
     if not response.prepared:
         stamp(response, ctx)
+    count = request.app.get(REQUEST_COUNTER)
+    if count is not None:
+        count(ctx.decision)
     _log_finished(request, ctx, response.status)
     return response
 

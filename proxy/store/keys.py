@@ -1,17 +1,50 @@
 """Every Redis key sendguard uses is built here, and nowhere else.
 
-Each key carries a `{hash tag}` equal to its unit of atomicity (one dedup identity, one
-recipient), so every script touches a single Redis Cluster slot, and one busy account never
-becomes one hot slot.
+The unit of atomicity is the **recipient** (account + normalised To): a send's dedup record,
+the recipient's send log (limits), breaker and suppressions share its `{hash tag}`, so one
+script claims a send and reads everything the decision needs, on one Redis Cluster slot.
+One busy account is spread over as many slots as it has recipients, never one hot slot.
+Keyed sends add a tiny index in the key's own slot, so one key can never name two recipients.
 """
 
 from __future__ import annotations
 
 PREFIX = "sg"
 # Bump when a stored layout changes incompatibly: old records are then simply not seen.
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
+_BASE = f"{PREFIX}:{LAYOUT_VERSION}"
 
 
-def dedup_record(dedup_id: str) -> str:
+def dedup_record(tag: str, dedup_id: str) -> str:
     """Hash: the claim/outcome record of one logical send (by key scope or fingerprint)."""
-    return f"{PREFIX}:{LAYOUT_VERSION}:{{{dedup_id}}}:rec"
+    return f"{_BASE}:{{{tag}}}:rec:{dedup_id}"
+
+
+def recipient_sends(tag: str) -> str:
+    """Sorted set: one member per send that reached (or is on its way to) Twilio, by time."""
+    return f"{_BASE}:{{{tag}}}:sends"
+
+
+def recipient_breaker(tag: str) -> str:
+    """Hash: the recipient's breaker (open_until, trips, the half-open probe's token)."""
+    return f"{_BASE}:{{{tag}}}:breaker"
+
+
+def recipient_suppressions(tag: str) -> str:
+    """Hash: scope field (`to`, `from:<sender>`, `msg:<content>`) -> learned code and expiry."""
+    return f"{_BASE}:{{{tag}}}:suppressed"
+
+
+def recipient_messages(tag: str) -> str:
+    """Hash: Message SID -> content field, so a callback (which has no body) finds its message."""
+    return f"{_BASE}:{{{tag}}}:sids"
+
+
+def key_index(dedup_id: str) -> str:
+    """String: `<recipient tag> <payload hash>` of the send a key was first used for."""
+    return f"{_BASE}:{{{dedup_id}}}:key"
+
+
+def account_sends(account_sid: str, window_start: int) -> str:
+    """Counter: sends of one account in one fixed window (the optional per-account ceiling)."""
+    return f"{_BASE}:{{a{account_sid}}}:sends:{window_start}"

@@ -1,9 +1,13 @@
-"""Lua scripts: every multi-step change to a record is one atomic script on one key.
+"""Lua scripts: every multi-step change is one atomic script on one recipient's slot.
 
 Each script first names its KEYS/ARGV, reads the clock from the server (`TIME`, so instances
-with skewed clocks agree on leases), and is safe to run twice (tests/test_scripts.py).
+with skewed clocks agree on leases and windows), and is safe to run twice (tests/test_scripts.py).
 Completion, release and mark-unknown are compare-and-set on the claim token: a process that
 lost its claim can never overwrite another's record (the Powertools #5714 bug class).
+
+The scripts are mechanism, not policy: CLAIM claims and reports the recipient's state; whether
+that state blocks the send is decided in Python (`proxy.guard.protection`), and a refused claim
+is handed back with RELEASE, which can also trip the breaker.
 """
 
 _NOW_MS = """
@@ -11,70 +15,143 @@ local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 """
 
-# Decide+claim in one round trip. Returns {'claimed', now} or {'exists', now, field, value, ...}.
+# Returns {'exists', now, field, value, ...} for a duplicate, or {'claimed', now, state-json}.
 CLAIM = (
     """
 local record = KEYS[1]
+local sends = KEYS[2]
+local breaker = KEYS[3]
+local suppressed = KEYS[4]
 local token = ARGV[1]
 local payload_hash = ARGV[2]
 local lease_ms = tonumber(ARGV[3])
 local ttl_ms = tonumber(ARGV[4])
 local slide_ms = tonumber(ARGV[5])
 local meta = ARGV[6]
+local windows = ARGV[7]           -- comma-separated window lengths (ms); '' = no limits
+local keep_ms = tonumber(ARGV[8]) -- the longest window: older sends are forgotten
+local scopes = ARGV[9]            -- newline-separated suppression fields that apply
 """
     + _NOW_MS
     + """
-if redis.call('EXISTS', record) == 0 then
-  redis.call('HSET', record, 's', 'inflight', 't', token, 'p', payload_hash,
-             'c', now, 'l', now + lease_ms, 'm', meta)
-  redis.call('PEXPIRE', record, ttl_ms)
-  return {'claimed', now}
+if redis.call('EXISTS', record) == 1 then
+  if slide_ms > 0 then
+    -- a keyless retry loop keeps its own window open for as long as it runs
+    local left = redis.call('PTTL', record)
+    if left >= 0 and left < slide_ms then redis.call('PEXPIRE', record, slide_ms) end
+  end
+  local reply = {'exists', now}
+  local fields = redis.call('HGETALL', record)
+  for i = 1, #fields do reply[#reply + 1] = fields[i] end
+  return reply
 end
-if slide_ms > 0 then
-  -- a keyless retry loop keeps its own window open for as long as it runs
-  local left = redis.call('PTTL', record)
-  if left >= 0 and left < slide_ms then redis.call('PEXPIRE', record, slide_ms) end
+
+local hits = {}
+for field in string.gmatch(scopes, '[^\\n]+') do
+  local value = redis.call('HGET', suppressed, field)
+  if value then hits[#hits + 1] = {field, value} end
 end
-local reply = {'exists', now}
-local fields = redis.call('HGETALL', record)
-for i = 1, #fields do reply[#reply + 1] = fields[i] end
-return reply
+
+local counts = {}
+if keep_ms > 0 then
+  redis.call('ZREMRANGEBYSCORE', sends, '-inf', now - keep_ms)
+  redis.call('ZADD', sends, now, token)
+  redis.call('PEXPIRE', sends, keep_ms)
+  for window in string.gmatch(windows, '[^,]+') do
+    counts[#counts + 1] = redis.call('ZCOUNT', sends, '(' .. (now - tonumber(window)), '+inf')
+  end
+end
+
+local state = redis.call('HMGET', breaker, 'open_until', 'trips', 'probe', 'probe_until')
+local open_until = tonumber(state[1] or '0')
+local probe = state[3] or ''
+if open_until > 0 and now >= open_until and (probe == '' or tonumber(state[4]) <= now) then
+  -- half-open: the first send after the cooldown takes the one probe slot
+  redis.call('HSET', breaker, 'probe', token, 'probe_until', now + lease_ms)
+  probe = token
+end
+
+redis.call('HSET', record, 's', 'inflight', 't', token, 'p', payload_hash,
+           'c', now, 'l', now + lease_ms, 'm', meta)
+redis.call('PEXPIRE', record, ttl_ms)
+return {'claimed', now, cjson.encode({
+  counts = counts, hits = hits, open_until = open_until,
+  trips = tonumber(state[2] or '0'), probe = probe})}
 """
 )
 
 # Returns 1 completed, 2 already completed by this token, 0 not the owner (or record gone).
 COMPLETE = """
 local record = KEYS[1]
+local breaker = KEYS[2]
+local suppressed = KEYS[3]
+local messages = KEYS[4]
 local token = ARGV[1]
 local status = ARGV[2]
 local headers = ARGV[3]
 local body = ARGV[4]
 local message_sid = ARGV[5]
 local ttl_ms = tonumber(ARGV[6])
+local content_field = ARGV[7]
+local learned = ARGV[8]           -- lines of 'field<TAB>value<TAB>ttl_ms'
 if redis.call('HGET', record, 't') ~= token then return 0 end
-local state = redis.call('HGET', record, 's')
-if state == 'done' then return 2 end
+if redis.call('HGET', record, 's') == 'done' then return 2 end
 redis.call('HSET', record, 's', 'done', 'st', status, 'h', headers, 'b', body, 'sid', message_sid)
 redis.call('HDEL', record, 'u')
 redis.call('PEXPIRE', record, ttl_ms)
+if redis.call('HGET', breaker, 'probe') == token then
+  -- the probe reached Twilio: the breaker closes (trips are remembered until it expires)
+  redis.call('HDEL', breaker, 'probe', 'probe_until', 'open_until')
+end
+if message_sid ~= '' and content_field ~= '' then
+  redis.call('HSET', messages, message_sid, content_field)
+  redis.call('PEXPIRE', messages, 604800000)
+end
+for field, value, keep in string.gmatch(learned, '([^\\t\\n]+)\\t([^\\t\\n]+)\\t(%d+)') do
+  redis.call('HSET', suppressed, field, value)
+  if redis.call('PTTL', suppressed) < tonumber(keep) then
+    redis.call('PEXPIRE', suppressed, tonumber(keep))
+  end
+end
 return 1
 """
 
-# Nothing was sent: the claim goes away so a retry may send. 1 released, 0 not the owner/gone.
-RELEASE = """
+# Nothing was sent (or the send is refused): forget the claim and its place in the send log.
+# Returns 1 released, 0 not the owner/gone/done. With trip_ms > 0 the breaker opens for that
+# long, unless a concurrent refusal already opened it.
+RELEASE = (
+    """
 local record = KEYS[1]
+local sends = KEYS[2]
+local breaker = KEYS[3]
 local token = ARGV[1]
+local trip_ms = tonumber(ARGV[2])
+local breaker_ttl_ms = tonumber(ARGV[3])
+"""
+    + _NOW_MS
+    + """
+redis.call('ZREM', sends, token)
+if redis.call('HGET', breaker, 'probe') == token then
+  redis.call('HDEL', breaker, 'probe', 'probe_until')
+end
+if trip_ms > 0 and tonumber(redis.call('HGET', breaker, 'open_until') or '0') <= now then
+  redis.call('HSET', breaker, 'open_until', now + trip_ms)
+  redis.call('HINCRBY', breaker, 'trips', 1)
+  redis.call('PEXPIRE', breaker, breaker_ttl_ms)
+end
 if redis.call('HGET', record, 't') ~= token then return 0 end
 if redis.call('HGET', record, 's') == 'done' then return 0 end
 redis.call('DEL', record)
 return 1
 """
+)
 
 # The send may have happened. 1 marked, 2 already unknown, 0 not applicable (other token, done,
 # or - with require_expired=1 - the owner's lease is still running).
 MARK_UNKNOWN = (
     """
 local record = KEYS[1]
+local breaker = KEYS[2]
 local token = ARGV[1]
 local reason = ARGV[2]
 local ttl_ms = tonumber(ARGV[3])
@@ -89,6 +166,10 @@ if state ~= 'inflight' then return 0 end
 if require_expired and tonumber(redis.call('HGET', record, 'l')) > now then return 0 end
 redis.call('HSET', record, 's', 'unknown', 'u', reason)
 if redis.call('PTTL', record) < ttl_ms then redis.call('PEXPIRE', record, ttl_ms) end
+if redis.call('HGET', breaker, 'probe') == token then
+  -- the probe may have reached Twilio: count it as the probe, close the breaker
+  redis.call('HDEL', breaker, 'probe', 'probe_until', 'open_until')
+end
 return 1
 """
 )

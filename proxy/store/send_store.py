@@ -1,0 +1,209 @@
+"""The send store: a few primitives over the Lua scripts, nothing else.
+
+All policy (forward, replay, refuse) lives in `proxy.guard`; this layer moves records and
+translates every redis-py failure into `StoreError` at one boundary. A claim is one round
+trip: the CLAIM script on the recipient's slot, pipelined (for keyed sends) with a
+`SET NX GET` of the key index on the key's own slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisError
+
+from proxy.guard.dedup import DedupRecord, StoredResponse
+from proxy.guard.protection import RecipientState, Suppression
+from proxy.store import keys, scripts
+
+RedisClient = Redis | RedisCluster
+MESSAGE_INDEX_TTL_MS = 7 * 86_400_000
+
+
+class StoreError(Exception):
+    """The store could not answer: the caller must not assume anything about the record."""
+
+
+@asynccontextmanager
+async def translate_store_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class SendRef:
+    """Where one send's state lives: its recipient's slot and its dedup identity."""
+
+    tag: str
+    dedup_id: str
+
+    @property
+    def record(self) -> str:
+        return keys.dedup_record(self.tag, self.dedup_id)
+
+
+@dataclass(frozen=True)
+class ClaimRequest:
+    token: str
+    payload_hash: str
+    lease_ms: int
+    ttl_ms: int
+    slide_ms: int
+    meta: dict[str, Any]
+    window_ms: tuple[int, ...]  # per-recipient windows to count; () = limits off
+    keep_ms: int
+    scopes: tuple[str, ...]  # suppression fields that apply to this send
+    key_index: bool  # keyed send: check/claim the key's index too
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claimed: bool
+    now_ms: int  # the store's clock: leases are compared against it, never a local clock
+    record: DedupRecord | None
+    recipient: RecipientState | None  # only when claimed
+    key_owner: str | None  # keyed sends: "<tag> <payload hash>" the key was first used for
+
+
+class SendStore:
+    def __init__(self, redis: RedisClient) -> None:
+        self.redis = redis
+        # register_script: EVALSHA with a transparent SCRIPT LOAD on NOSCRIPT (store restarts).
+        self._claim = redis.register_script(scripts.CLAIM)
+        self._complete = redis.register_script(scripts.COMPLETE)
+        self._release = redis.register_script(scripts.RELEASE)
+        self._mark_unknown = redis.register_script(scripts.MARK_UNKNOWN)
+
+    async def claim(self, ref: SendRef, request: ClaimRequest) -> ClaimResult:
+        claim_keys = [
+            ref.record,
+            keys.recipient_sends(ref.tag),
+            keys.recipient_breaker(ref.tag),
+            keys.recipient_suppressions(ref.tag),
+        ]
+        args: list[str | int] = [
+            request.token,
+            request.payload_hash,
+            request.lease_ms,
+            request.ttl_ms,
+            request.slide_ms,
+            json.dumps(request.meta),
+            ",".join(str(ms) for ms in request.window_ms),
+            request.keep_ms,
+            "\n".join(request.scopes),
+        ]
+        key_owner: str | None = None
+        async with translate_store_errors():
+            if request.key_index:
+                index_key = keys.key_index(ref.dedup_id)
+                index_value = f"{ref.tag} {request.payload_hash}"
+                if isinstance(self.redis, RedisCluster):
+                    # Cluster pipelines refuse scripts: two concurrent calls, one round trip.
+                    owner, reply = await asyncio.gather(
+                        self.redis.set(
+                            index_key, index_value, nx=True, get=True, px=request.ttl_ms
+                        ),
+                        self._claim(keys=claim_keys, args=args),
+                    )
+                else:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.set(index_key, index_value, nx=True, get=True, px=request.ttl_ms)
+                        # The script queues on the pipeline (redis-py types `client` narrowly).
+                        await self._claim(keys=claim_keys, args=args, client=pipe)
+                        owner, reply = await pipe.execute()
+                key_owner = cast(bytes, owner).decode() if owner else None
+            else:
+                reply = await self._claim(keys=claim_keys, args=args)
+        reply = cast(list[bytes], reply)
+        now_ms = int(reply[1])
+        if reply[0] == b"claimed":
+            state = RecipientState.from_script(json.loads(reply[2]), request.token)
+            return ClaimResult(True, now_ms, None, state, key_owner)
+        fields = {reply[i].decode(): reply[i + 1] for i in range(2, len(reply), 2)}
+        return ClaimResult(False, now_ms, DedupRecord.from_hash(fields), None, key_owner)
+
+    async def complete(
+        self,
+        ref: SendRef,
+        *,
+        token: str,
+        response: StoredResponse,
+        message_sid: str,
+        ttl_ms: int,
+        content: str,
+        learned: Sequence[tuple[str, Suppression, int]] = (),
+    ) -> int:
+        lines = "\n".join(f"{field}\t{s.to_json()}\t{ttl}" for field, s, ttl in learned)
+        args: list[str | int | bytes] = [
+            token,
+            response.status,
+            json.dumps(list(response.headers)),
+            response.body,
+            message_sid,
+            ttl_ms,
+            content,
+            lines,
+        ]
+        complete_keys = [
+            ref.record,
+            keys.recipient_breaker(ref.tag),
+            keys.recipient_suppressions(ref.tag),
+            keys.recipient_messages(ref.tag),
+        ]
+        async with translate_store_errors():
+            return int(await self._complete(keys=complete_keys, args=args))
+
+    async def release(
+        self, ref: SendRef, *, token: str, trip_ms: int = 0, breaker_ttl_ms: int = 0
+    ) -> bool:
+        release_keys = [ref.record, keys.recipient_sends(ref.tag), keys.recipient_breaker(ref.tag)]
+        args: list[str | int] = [token, trip_ms, breaker_ttl_ms]
+        async with translate_store_errors():
+            return bool(await self._release(keys=release_keys, args=args))
+
+    async def mark_unknown(
+        self, ref: SendRef, *, token: str, reason: str, ttl_ms: int, require_expired: bool
+    ) -> int:
+        args: list[str | int] = [token, reason, ttl_ms, "1" if require_expired else "0"]
+        mark_keys = [ref.record, keys.recipient_breaker(ref.tag)]
+        async with translate_store_errors():
+            return int(await self._mark_unknown(keys=mark_keys, args=args))
+
+    async def get(self, ref: SendRef) -> DedupRecord | None:
+        async with translate_store_errors():
+            raw = cast(dict[bytes, bytes], await self.redis.hgetall(ref.record))
+        if not raw:
+            return None
+        return DedupRecord.from_hash({k.decode(): v for k, v in raw.items()})
+
+    async def add_suppression(
+        self, tag: str, field: str, suppression: Suppression, ttl_ms: int
+    ) -> None:
+        """Learned outside a send (a fetched Message, a status callback)."""
+        key = keys.recipient_suppressions(tag)
+        async with translate_store_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, field, suppression.to_json())
+            pipe.pexpire(key, ttl_ms, gt=True)
+            pipe.pexpire(key, ttl_ms, nx=True)
+            await pipe.execute()
+
+    async def content_of(self, tag: str, message_sid: str) -> str | None:
+        """The message-scope field recorded for a SID when its send completed."""
+        async with translate_store_errors():
+            raw = cast(
+                bytes | None, await self.redis.hget(keys.recipient_messages(tag), message_sid)
+            )
+        return raw.decode() if raw else None
+
+    async def ping(self) -> None:
+        async with translate_store_errors():
+            await self.redis.ping()

@@ -1,0 +1,85 @@
+"""The incident, replayed: a scheduler re-sends 7 pending notifications every minute for four
+hours (`seeds/postmortem-570-sms.txt`: ~570 SMS per person). Through sendguard, with default
+settings, each of the 7 people gets exactly one message.
+
+Time is compressed: the 240 "minutes" run back to back. A second test scales the dedup window
+down so that the retry loop outlives it many times over, proving the window slides; a third
+makes every resend different (a bug that defeats dedup) and shows the per-recipient limit
+stopping it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from tests.harness import SENDER, post_send
+
+PEOPLE = [f"+1555010{n:04d}" for n in range(7)]
+ROUNDS = 240  # every minute for four hours
+OBAN_RETRIES = 3  # each scheduler run retried the job up to 3 times
+
+
+def notification(to: str) -> dict[str, str]:
+    return {"To": to, "From": SENDER, "Body": "Your invoice #4411 is ready"}
+
+
+def messages_per_person(fake) -> Counter[str]:
+    return Counter(request.form_value("To") for request in fake.create_requests())
+
+
+async def scheduler(http, sidecars, rounds: int, body_for, pause: float = 0.0) -> Counter[str]:
+    """Every round, every pending row is sent again (the row never leaves `pending`)."""
+    answers: Counter[str] = Counter()
+    for minute in range(rounds):
+        sends = [
+            post_send(http, sidecars[(minute + attempt) % len(sidecars)].url, body_for(to, minute))
+            for to in PEOPLE
+            for attempt in range(OBAN_RETRIES)
+        ]
+        for status, headers, _ in await asyncio.gather(*sends):
+            answers[f"{status} {headers['X-Sendguard-Decision']}"] += 1
+        if pause:
+            await asyncio.sleep(pause)
+    return answers
+
+
+async def test_the_570_sms_incident_sends_each_person_one_message(
+    proxies, fake_twilio, http, shared_redis_url
+):
+    sidecars = [
+        await proxies.start(upstream=fake_twilio.url, redis_url=shared_redis_url) for _ in range(2)
+    ]
+    answers = await scheduler(http, sidecars, ROUNDS, lambda to, _: notification(to))
+    assert messages_per_person(fake_twilio) == Counter(dict.fromkeys(PEOPLE, 1))
+    assert fake_twilio.creates == 7
+    assert answers["201 forwarded"] == 7
+    assert answers["201 replayed"] + answers["409 in-flight"] == 7 * ROUNDS * OBAN_RETRIES - 7
+
+
+async def test_the_dedup_window_slides_for_as_long_as_the_loop_runs(
+    proxies, fake_twilio, http, shared_redis_url
+):
+    sidecar = await proxies.start(
+        upstream=fake_twilio.url, redis_url=shared_redis_url, dedup_window=0.5
+    )
+    # 24 rounds, 0.25 s apart: the loop runs ~12x longer than the window itself.
+    await scheduler(http, [sidecar], 24, lambda to, _: notification(to), pause=0.25)
+    assert messages_per_person(fake_twilio) == Counter(dict.fromkeys(PEOPLE, 1))
+
+
+async def test_a_loop_that_defeats_dedup_is_stopped_by_the_recipient_limit(
+    proxies, fake_twilio, http, shared_redis_url
+):
+    sidecars = [
+        await proxies.start(upstream=fake_twilio.url, redis_url=shared_redis_url) for _ in range(2)
+    ]
+
+    def changing(to: str, minute: int) -> dict[str, str]:
+        return {**notification(to), "Body": f"Your invoice #4411 is ready (attempt {minute})"}
+
+    answers = await scheduler(http, sidecars, 60, changing)
+    per_person = messages_per_person(fake_twilio)
+    assert set(per_person) == set(PEOPLE)
+    assert max(per_person.values()) <= 5  # the default 5/min; the breaker holds the rest
+    assert answers["429 rate-limited"] + answers["429 breaker-open"] > 0
