@@ -27,3 +27,4 @@ class Decision(StrEnum):
     TOO_LARGE = "too-large"
     UPSTREAM_UNREACHABLE = "upstream-unreachable"
     INTERNAL_ERROR = "internal-error"
+    CALLBACK = "callback"  # a Twilio status callback taken by the tee and handed to the app

@@ -18,6 +18,10 @@
     ├── BreakerOpen                      429     20429  breaker-open
     ├── Killed                           503     79020  killed
     ├── StoreUnavailable                 503     79021  store-unavailable
+    ├── CallbackForbidden                403     79040  refused
+    ├── CallbackUndeliverable            502     79041  upstream-unreachable
+    ├── CallbackMethodNotAllowed         405     79042  invalid-request
+    ├── TeeDisabled                      404     79043  invalid-request
     └── InternalError                    500     79030  internal-error
 
 Bodies are Twilio-shaped (`code`, `message`, `more_info`, `status`, optional `details`) so every
@@ -215,6 +219,40 @@ class StoreUnavailable(SendguardError):
     code = 79021
     decision = Decision.STORE_UNAVAILABLE
     default_message = "the dedup store is unavailable; refusing to send unguarded"
+
+
+# -- the status-callback tee (proxy/tee) ------------------------------------------------------
+
+
+class CallbackForbidden(SendguardError):
+    status = 403
+    code = 79040
+    decision = Decision.REFUSED
+    default_message = "the callback's X-Twilio-Signature is not valid for its account"
+
+
+class CallbackUndeliverable(SendguardError):
+    status = 502
+    code = 79041
+    decision = Decision.UPSTREAM_UNREACHABLE
+    default_message = "the app's status callback URL did not take the callback; retry later"
+
+
+class CallbackMethodNotAllowed(SendguardError):
+    status = 405
+    code = 79042
+    decision = Decision.INVALID_REQUEST
+    default_message = "status callbacks are taken by POST only"
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Allow": "POST"}
+
+
+class TeeDisabled(SendguardError):
+    status = 404
+    code = 79043
+    decision = Decision.INVALID_REQUEST
+    default_message = "the status-callback tee is off (SENDGUARD_PUBLIC_URL is not set)"
 
 
 class InternalError(SendguardError):

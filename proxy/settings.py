@@ -158,6 +158,10 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         None, description="Public http(s) URL of this proxy; enables the status-callback tee."
     )
+    callback_secret: SecretStr | None = Field(
+        None,
+        description="Callback URL HMAC secret (16+ bytes); unset = one shared via the store.",
+    )
     upstream_connect_timeout: PositiveDuration = Field(5.0, description="Upstream connect timeout.")
     upstream_read_timeout: PositiveDuration = Field(30.0, description="Upstream read timeout.")
     upstream_pool_size: int = Field(100, gt=0, description="Max pooled upstream connections.")
@@ -175,6 +179,12 @@ class Settings(BaseSettings):
     )
     recipient_limits_mode: GuardModeName = Field(
         "enforce", description="Recipient limits and breaker: off, report or enforce."
+    )
+    account_limits: str = Field(
+        "off", description="Per-account send ceiling in fixed windows (e.g. 1000/h), or 'off'."
+    )
+    account_limits_mode: GuardModeName = Field(
+        "enforce", description="Per-account ceiling: off, report or enforce."
     )
     breaker_cooldown: PositiveDuration = Field(
         60.0, description="First breaker cooldown; doubles on each consecutive trip."
@@ -225,6 +235,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "redis_url", "data_dir", "admin_token", "public_url", "kill_switch", "log_format",
+        "callback_secret",
         mode="before",
     )  # fmt: skip
     @classmethod
@@ -252,6 +263,13 @@ class Settings(BaseSettings):
     @classmethod
     def _check_public_url(cls, value: str | None) -> str | None:
         return None if value is None else check_http_url(value, allow_path=True)
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _check_callback_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < 16:
+            raise ValueError("must be at least 16 bytes")
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -293,7 +311,7 @@ class Settings(BaseSettings):
             raise ValueError("two routes have the same method and path")
         return routes
 
-    @field_validator("recipient_limits")
+    @field_validator("recipient_limits", "account_limits")
     @classmethod
     def _check_recipient_limits(cls, value: str) -> str:
         parse_recipient_limits(value)
@@ -355,6 +373,10 @@ class Settings(BaseSettings):
     def recipient_limit_windows(self) -> list[tuple[int, float]]:
         """(count, window seconds) pairs, shortest window first; empty when limits are off."""
         return parse_recipient_limits(self.recipient_limits)
+
+    @property
+    def account_limit_windows(self) -> list[tuple[int, float]]:
+        return parse_recipient_limits(self.account_limits)
 
     @property
     def kill_switch_scopes(self) -> list[str]:

@@ -43,12 +43,12 @@ class ProxyInstance:
 class ProxyFactory:
     started: list[ProxyInstance] = field(default_factory=list)
 
-    async def start(self, **overrides: Any) -> ProxyInstance:
+    async def start(self, port: int = 0, **overrides: Any) -> ProxyInstance:
         settings = load_settings(**{"log_format": "json", **overrides})
         app = create_app(settings)
         runner = web.AppRunner(app, shutdown_timeout=5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         port = runner.addresses[0][1]
         instance = ProxyInstance(f"http://127.0.0.1:{port}", app, runner)

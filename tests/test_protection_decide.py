@@ -4,12 +4,14 @@ import pytest
 
 from proxy.decision import Decision
 from proxy.guard.protection import (
+    AccountCeiling,
     GuardMode,
     LimitWindow,
     ProtectionPolicy,
     RecipientState,
     Suppression,
     judge,
+    judge_account,
 )
 from proxy.guard.suppression import DEFAULT_RULES, field_for, learn, parse_rules
 
@@ -87,3 +89,20 @@ def test_default_rules_and_scopes():
 def test_bad_rules_are_refused(spec):
     with pytest.raises(ValueError):
         parse_rules(spec)
+
+
+def test_the_account_ceiling_refuses_over_a_window_until_its_end():
+    ceiling = AccountCeiling((LimitWindow(2, 60), LimitWindow(5, 3600)), E)
+    now = 3_600_000 * 5 + 45_000  # 45 s into a minute window
+    assert ceiling.slots(now) == ((60_000, now // 60_000), (3_600_000, 5))
+    assert judge_account((2, 2), ceiling, now).allow
+    refused = judge_account((3, 3), ceiling, now)
+    assert (refused.allow, refused.decision, refused.reason) == (
+        False, Decision.RATE_LIMITED, "account-limit-2/min",
+    )  # fmt: skip
+    assert refused.retry_after == 15.0
+    assert judge_account((1, 6), ceiling, now).reason == "account-limit-5/h"
+    reported = judge_account((3, 3), AccountCeiling(ceiling.windows, R), now)
+    assert reported.allow and reported.would_block
+    assert not AccountCeiling(ceiling.windows, OFF).active
+    assert not AccountCeiling((), E).active

@@ -201,3 +201,56 @@ async def test_suppression_report_mode(proxies, fake_twilio, http, shared_redis_
     assert headers["X-Sendguard-Decision"] == "forwarded"
     assert proxy.app[METRICS].value("sendguard_would_block_total", decision="suppressed") == 1
     assert len(fake_twilio.create_requests()) == 2
+
+
+# -- the per-account ceiling -------------------------------------------------------------------
+
+
+async def test_the_account_ceiling_counts_across_instances_and_recipients(
+    store_mode, proxies, fake_twilio, http, shared_redis_url
+):
+    common = {"upstream": fake_twilio.url, "account_limits": "4/h", "recipient_limits": "off"}
+    if store_mode == "embedded":
+        first = await proxies.start(**common)
+        second = await proxies.start(redis_url=first.store_url, **common)
+    else:
+        first = await proxies.start(redis_url=shared_redis_url, **common)
+        second = await proxies.start(redis_url=shared_redis_url, **common)
+    recipients = [f"+1555867{5400 + i}" for i in range(6)]
+    for i, to in enumerate(recipients[:4]):
+        status, headers, _ = await post_send(http, (first, second)[i % 2].url, form(to, "hi"))
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    status, headers, body = await post_send(http, second.url, form(recipients[4], "hi"))
+    assert (status, headers["X-Sendguard-Decision"], body["code"]) == (429, "rate-limited", 20429)
+    assert "account" in body["message"]
+    assert 1 <= int(headers["Retry-After"]) <= 3600
+    # Refused sends are not counted, and replays never are: a duplicate still gets its answer.
+    assert (await post_send(http, first.url, form(recipients[5], "hi")))[0] == 429
+    status, headers, _ = await post_send(http, first.url, form(recipients[0], "hi"))
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    # Another account has its own ceiling.
+    other = "AC" + "fedcba9876543210" * 2
+    other_path = MESSAGES.replace("AC" + "0123456789abcdef" * 2, other)
+    status, _, _ = await post_send(
+        http,
+        first.url,
+        form(recipients[4], "hi"),
+        path=other_path,
+        auth=basic_auth(other, "x" * 32),
+    )
+    assert status == 201
+    assert fake_twilio.creates == 5
+
+
+async def test_the_account_ceiling_in_report_mode_forwards_and_counts(
+    proxies, fake_twilio, http, shared_redis_url
+):
+    proxy = await proxies.start(
+        upstream=fake_twilio.url, redis_url=shared_redis_url, recipient_limits="off",
+        account_limits="2/min", account_limits_mode="report",
+    )  # fmt: skip
+    for i in range(4):
+        status, headers, _ = await post_send(http, proxy.url, form(f"+1555867{5500 + i}", "x"))
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert fake_twilio.creates == 4
+    assert proxy.app[METRICS].value("sendguard_would_block_total", decision="rate-limited") == 2

@@ -217,6 +217,24 @@ async def test_add_suppression_outside_a_send(redis_client):
     assert claim.recipient.suppressions == (("to", Suppression(30006, until, "message")),)
 
 
+async def test_account_admit_counts_every_window_and_rolls_back_a_refusal(redis_client):
+    store = SendStore(redis_client)
+    slots = ((60_000, 7), (3_600_000, 0))
+    account = "AC" + "1" * 32
+
+    async def admit(enforce: bool = True) -> tuple[int, ...]:
+        return await store.admit_account(account, slots, [2, 3], enforce=enforce)
+
+    assert await admit() == (1, 1)
+    assert await admit() == (2, 2)
+    assert await admit() == (3, 3)  # over 2/min: refused, and rolled back ...
+    assert await admit() == (3, 3)  # ... so running it again finds the same counts
+    assert await admit(enforce=False) == (3, 3)  # report mode counts what it forwards
+    assert await admit(enforce=False) == (4, 4)
+    ttl = await redis_client.pttl(keys.account_sends(account, 60_000, 7))
+    assert 60_000 < ttl <= 120_000
+
+
 @pytest.mark.parametrize("tag", ["rTAG", "r" + "0" * 24])
 def test_every_recipient_key_carries_the_recipient_tag(tag):
     for build in (

@@ -172,3 +172,36 @@ def _limits_verdict(state: RecipientState, policy: ProtectionPolicy, now_ms: int
                 trip_ms=trip_ms,
             )
     return ALLOW
+
+
+# -- the per-account ceiling -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AccountCeiling:
+    """Sends per account in fixed windows (e.g. 1000/h): a brake on a whole runaway account,
+    where the recipient windows only cap each phone. Fixed windows keep it one counter per
+    window, however busy the account; the price is up to 2x the limit across a window edge."""
+
+    windows: tuple[LimitWindow, ...]
+    mode: GuardMode
+
+    @property
+    def active(self) -> bool:
+        return self.mode is not GuardMode.OFF and bool(self.windows)
+
+    def slots(self, now_ms: int) -> tuple[tuple[int, int], ...]:
+        """(window length ms, window index) of the windows `now_ms` falls in."""
+        return tuple((w.ms, now_ms // w.ms) for w in self.windows)
+
+
+def judge_account(counts: Sequence[int], ceiling: AccountCeiling, now_ms: int) -> Verdict:
+    """`counts`: the account's sends in each current window, this one included."""
+    for window, count in zip(ceiling.windows, counts, strict=False):
+        if count > window.count:
+            window_end = (now_ms // window.ms + 1) * window.ms
+            reason = f"account-limit-{window.label}"
+            retry_after = (window_end - now_ms) / 1000
+            allow = ceiling.mode is GuardMode.REPORT
+            return Verdict(allow, Decision.RATE_LIMITED, reason, retry_after)
+    return ALLOW

@@ -12,22 +12,35 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from proxy.errors import BodyTooLarge
-from proxy.guard.protection import GuardMode, LimitWindow, ProtectionPolicy
+from proxy.decision import Decision
+from proxy.errors import (
+    BodyTooLarge,
+    CallbackForbidden,
+    CallbackMethodNotAllowed,
+    CallbackUndeliverable,
+    InternalError,
+    InvalidRequest,
+    TeeDisabled,
+)
+from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, ProtectionPolicy
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.guard.suppression import parse_rules as parse_suppression_rules
 from proxy.logs import configure_logging, get_logger
 from proxy.metrics import Metrics
+from proxy.server.context import CONTEXT
 from proxy.server.forward import forward_passthrough
-from proxy.server.guarded import GuardPolicy, SendGuard
+from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
+from proxy.store.callback_store import RedisCallbackDeduper, shared_tee_secret
 from proxy.store.embedded import EmbeddedStore
 from proxy.store.send_store import RedisClient, SendStore
+from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
@@ -41,6 +54,13 @@ log = get_logger("sendguard")
 LEASE_MARGIN_SECONDS = 2.0
 
 
+# The tee forwards a callback to the app with a few quick tries: Twilio itself retries a failed
+# callback later (502 here), so there is no point holding its connection for long.
+CALLBACK_FORWARD_ATTEMPTS = 3
+CALLBACK_FORWARD_TIMEOUT_SECONDS = 4.0
+CALLBACK_DEDUP_TTL_SECONDS = 24 * 3600.0
+
+
 @dataclass
 class Runtime:
     upstream: Upstream
@@ -51,6 +71,7 @@ class Runtime:
     store: SendStore
     guard: SendGuard
     learner: SuppressionLearner
+    tee: CallbackTee | None
 
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -80,6 +101,26 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if kept is not None:
         learner.learn_in_background(kept, response.headers.get("Content-Encoding", ""))
     return response
+
+
+async def handle_callback(request: web.Request) -> web.StreamResponse:
+    """Twilio's status callbacks for sends whose StatusCallback the tee rewrote."""
+    tee = request.app[RUNTIME].tee
+    if tee is None:
+        raise TeeDisabled(reason="tee-off")
+    ctx = request[CONTEXT]
+    response = await tee.handle(request)
+    ctx.decide(_CALLBACK_DECISIONS.get(response.status, Decision.CALLBACK), "status-callback")
+    return response
+
+
+_CALLBACK_DECISIONS = {
+    CallbackForbidden.status: CallbackForbidden.decision,
+    CallbackUndeliverable.status: CallbackUndeliverable.decision,
+    CallbackMethodNotAllowed.status: CallbackMethodNotAllowed.decision,
+    InvalidRequest.status: InvalidRequest.decision,
+    InternalError.status: InternalError.decision,
+}
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -142,6 +183,27 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     learner = SuppressionLearner(
         store, policy.suppression_rules, GuardMode(settings.suppression_mode), metrics
     )
+    routing: CallbackRouting | None = None
+    tee: CallbackTee | None = None
+    callback_session: aiohttp.ClientSession | None = None
+    if settings.public_url is not None:
+        routing = CallbackRouting(
+            codec=CallbackUrlCodec(settings.public_url, await _callback_secret(app)),
+            tokens=AuthTokenBook(
+                {sid: tok.get_secret_value() for sid, tok in settings.twilio_auth_tokens.items()}
+            ),
+        )
+        # The app's callback URL is the app's own choice: plain client, no proxy env, no cookies.
+        callback_session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        tee = CallbackTee(
+            codec=routing.codec,
+            tokens=routing.tokens,
+            learner=learner,
+            deduper=RedisCallbackDeduper(app[REDIS], CALLBACK_DEDUP_TTL_SECONDS),
+            session=callback_session,
+            attempts=CALLBACK_FORWARD_ATTEMPTS,
+            timeout=CALLBACK_FORWARD_TIMEOUT_SECONDS,
+        )
     app[RUNTIME] = Runtime(
         upstream=Upstream.from_url(app[UPSTREAM_URL]),
         allowed_hosts=tuple(settings.upstream_allowed_hosts),
@@ -149,14 +211,24 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         routes=RouteTable(route_specs(settings)),
         client=client,
         store=store,
-        guard=SendGuard(store, client, policy, metrics),
+        guard=SendGuard(store, client, policy, metrics, routing),
         learner=learner,
+        tee=tee,
     )
     try:
         yield
     finally:
         await learner.drain()
         await client.close()
+        if callback_session is not None:
+            await callback_session.close()
+
+
+async def _callback_secret(app: web.Application) -> bytes:
+    configured = app[SETTINGS].callback_secret
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    return await shared_tee_secret(app[REDIS])
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:
@@ -181,6 +253,10 @@ def guard_policy(settings: Settings) -> GuardPolicy:
         protection=protection,
         suppression_rules=parse_suppression_rules(settings.suppressions),
         retry_429_budget=settings.upstream_429_budget,
+        account_ceiling=AccountCeiling(
+            windows=tuple(LimitWindow(c, w) for c, w in settings.account_limit_windows),
+            mode=GuardMode(settings.account_limits_mode),
+        ),
     )
 
 
@@ -206,6 +282,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_sandbox_upstream)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_guard)
+    app.router.add_route("*", CALLBACK_PATH_PREFIX + "{token:.*}", handle_callback)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
 

@@ -41,7 +41,14 @@ from proxy.errors import (
 )
 from proxy.guard.dedup import Action, DedupRecord, Outcome, StoredResponse, classify_status, decide
 from proxy.guard.facts import SendFacts, build_facts
-from proxy.guard.protection import ProtectionPolicy, Verdict, judge
+from proxy.guard.protection import (
+    AccountCeiling,
+    GuardMode,
+    ProtectionPolicy,
+    Verdict,
+    judge,
+    judge_account,
+)
 from proxy.guard.routes import RouteMatch
 from proxy.guard.suppression import SuppressionRule, error_code_in, learn, scope_fields
 from proxy.logs import (
@@ -63,6 +70,9 @@ from proxy.server.headers import (
     upstream_request_headers,
 )
 from proxy.store.send_store import ClaimRequest, ClaimResult, SendRef, SendStore, StoreError
+from proxy.tee.rewrite import encode_form, rewrite_status_callback
+from proxy.tee.tokens import AuthTokenBook
+from proxy.tee.urls import CallbackUrlCodec
 from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient, UpstreamResult
 from proxy.upstream.hosts import Upstream
 
@@ -77,6 +87,7 @@ class GuardPolicy:
     protection: ProtectionPolicy
     suppression_rules: dict[int, SuppressionRule]
     retry_429_budget: float  # seconds of upstream-429 retries inside the proxy
+    account_ceiling: AccountCeiling
     poll_first: float = 0.02
     poll_max: float = 0.25
 
@@ -113,14 +124,39 @@ class GuardPolicy:
         )
 
 
+@dataclass(frozen=True)
+class CallbackRouting:
+    """The tee's part in a send: StatusCallback rewritten to sendguard, and the auth token of
+    a send Twilio accepted remembered to verify that send's callbacks."""
+
+    codec: CallbackUrlCodec
+    tokens: AuthTokenBook
+
+    def outbound_body(self, facts: SendFacts, body: bytes) -> bytes:
+        # The fingerprint stays that of the app's own form: a retry dedups either way.
+        rewritten = rewrite_status_callback(facts.form, self.codec)
+        return body if rewritten is None else encode_form(rewritten)
+
+    def learn_credential(self, authorization: str, upstream_status: int) -> None:
+        # Only a credential Twilio accepted: a refused one may be a forger's (tee/tokens.py).
+        if upstream_status < 500 and upstream_status not in (401, 403):
+            self.tokens.learn_from_authorization(authorization)
+
+
 class SendGuard:
     def __init__(
-        self, store: SendStore, client: UpstreamClient, policy: GuardPolicy, metrics: Metrics
+        self,
+        store: SendStore,
+        client: UpstreamClient,
+        policy: GuardPolicy,
+        metrics: Metrics,
+        callbacks: CallbackRouting | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.policy = policy
         self.metrics = metrics
+        self.callbacks = callbacks
 
     async def handle(
         self, request: web.Request, body: bytes, upstream: Upstream, route: RouteMatch
@@ -154,6 +190,10 @@ class SendGuard:
                 raise KeyMismatch(reason="key-reused-with-other-payload")
             if claim.claimed:
                 await self._apply_protection(ctx, ref, token, claim)
+                if self.policy.account_ceiling.active:
+                    await self._apply_account_ceiling(ctx, facts, ref, token, claim.now_ms)
+                if self.callbacks is not None:
+                    body = self.callbacks.outbound_body(facts, body)
                 return await self._forward(request, ctx, facts, ref, body, upstream, token)
             decision = decide(
                 claim.record,
@@ -214,6 +254,38 @@ class SendGuard:
                         cooldown_s=verdict.trip_ms / 1000, **_scope_fields(ctx))  # fmt: skip
         raise _refusal(verdict)
 
+    async def _apply_account_ceiling(
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, now_ms: int
+    ) -> None:
+        """One more round trip, only when a ceiling is configured (its keys live in the
+        account's slot, which the recipient's claim script cannot touch on a cluster)."""
+        ceiling = self.policy.account_ceiling
+        try:
+            counts = await self.store.admit_account(
+                facts.account_sid,
+                ceiling.slots(now_ms),
+                [window.count for window in ceiling.windows],
+                enforce=ceiling.mode is GuardMode.ENFORCE,
+            )
+        except StoreError as exc:
+            await self._release(ctx, ref, token)
+            log.error(STORE_ERROR, request_id=ctx.request_id, step="account", error=str(exc))
+            raise StoreUnavailable(reason="store-error") from exc
+        verdict = judge_account(counts, ceiling, now_ms)
+        if verdict.would_block:
+            assert verdict.decision is not None
+            ctx.fields["would_block"] = verdict.reason
+            self.metrics.would_block.labels(verdict.decision.value).inc()
+            log.warning(WOULD_BLOCK, request_id=ctx.request_id, decision=verdict.decision,
+                        reason=verdict.reason, account=facts.account_sid)  # fmt: skip
+        if not verdict.allow:
+            await self._release(ctx, ref, token)
+            raise RateLimited(
+                "too many messages from this account in this window",
+                retry_after=verdict.retry_after,
+                reason=verdict.reason,
+            )
+
     async def _forward(
         self,
         request: web.Request,
@@ -246,6 +318,8 @@ class SendGuard:
             raise
         ctx.upstream_status = result.status
         ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
+        if self.callbacks is not None:
+            self.callbacks.learn_credential(request.headers.get("Authorization", ""), result.status)
         outcome = classify_status(result.status)
         if outcome is Outcome.NOT_SENT:
             await self._release(ctx, ref, token)

@@ -24,6 +24,7 @@ from proxy.guard.suppression import (
 from proxy.logs import get_logger, mask_phone
 from proxy.metrics import Metrics
 from proxy.store.send_store import SendStore, StoreError
+from proxy.tee.handler import DeliveryStatus
 
 log = get_logger("sendguard.learning")
 
@@ -73,20 +74,20 @@ class SuppressionLearner:
             content = content_field(message.sender, message.body)
             await self._learn(message, content, source="message")
 
-    async def learn_delivery(
-        self, *, account_sid: str, message_sid: str, to: str, sender: str, error_code: int | None
-    ) -> None:
-        """A delivery callback: the body is not in it, so the message scope comes from the
-        content recorded when the send completed."""
-        if not self.enabled or error_code not in self.rules:
+    async def learn_delivery(self, status: DeliveryStatus) -> None:
+        """A delivery callback from the tee: the body is not in it, so the message scope comes
+        from the content recorded against the SID when the send completed."""
+        if not self.enabled or status.error_code not in self.rules or not status.account_sid:
             return
-        tag = recipient_tag(account_sid, normalise_recipient(to))
+        tag = recipient_tag(status.account_sid, normalise_recipient(status.to))
         try:
-            content = await self.store.content_of(tag, message_sid) or ""
+            content = await self.store.content_of(tag, status.message_sid) or ""
         except StoreError as exc:
             log.error("store_error", step="content_of", error=str(exc))
             return
-        message = MessageFacts(account_sid, message_sid, to, sender, "", error_code)
+        message = MessageFacts(
+            status.account_sid, status.message_sid, status.to, status.sender, "", status.error_code
+        )
         await self._learn(message, content, source="callback")
 
     async def _learn(self, message: MessageFacts, content: str, *, source: str) -> None:

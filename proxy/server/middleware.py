@@ -15,6 +15,7 @@ from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRe
 from proxy.logs import REQUEST_FINISHED, get_logger, mask_phone
 from proxy.server.context import CONTEXT, RequestContext, request_id_from
 from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
+from proxy.tee.urls import CALLBACK_PATH_PREFIX
 
 log = get_logger("sendguard.proxy")
 # Set by the app: called once per answered request with the decision (metrics).
@@ -96,5 +97,8 @@ _PHONE_IN_PATH_RE = re.compile(r"(?<![A-Za-z0-9])(?:\+|%2[bB])?\d{7,}(?![A-Za-z0
 
 
 def _loggable_path(path: str) -> str:
+    # A tee callback's token encodes the app's own URL, whose query may hold the app's secrets.
+    if path.startswith(CALLBACK_PATH_PREFIX):
+        return CALLBACK_PATH_PREFIX + "…"
     # SIDs are fine to log, but Lookups-style paths carry phone numbers: mask long digit runs.
     return _PHONE_IN_PATH_RE.sub(lambda m: mask_phone(m.group()), path[:200])

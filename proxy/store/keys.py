@@ -45,6 +45,30 @@ def key_index(dedup_id: str) -> str:
     return f"{_BASE}:{{{dedup_id}}}:key"
 
 
-def account_sends(account_sid: str, window_start: int) -> str:
-    """Counter: sends of one account in one fixed window (the optional per-account ceiling)."""
-    return f"{_BASE}:{{a{account_sid}}}:sends:{window_start}"
+def account_sends(account_sid: str, window_ms: int, index: int) -> str:
+    """Counter: sends of one account in one fixed window (the optional per-account ceiling).
+    All windows of an account share its slot, so one script counts them together."""
+    return f"{_BASE}:{{a{account_sid}}}:sends:{window_ms}:{index}"
+
+
+def callback_forwarded(token_digest: str) -> str:
+    """String: a status callback (by its I-Twilio-Idempotency-Token digest) already forwarded."""
+    return f"{_BASE}:{{cb{token_digest}}}:fwd"
+
+
+def tee_secret() -> str:
+    """String: the HMAC secret of callback URLs, made once and shared by every instance."""
+    return f"{_BASE}:{{tee}}:secret"
+
+
+def kill_switches() -> str:
+    """Hash: canonical scope text (`global`, `account:AC…`, …) -> the kill switch as JSON.
+    All switches share one slot: writes are rare and each is atomic with its notification."""
+    return f"{_BASE}:{{killswitch}}:switches"
+
+
+def kill_switch_channel() -> str:
+    """Pub/sub channel: one message per engage/release; subscribers re-read `kill_switches`.
+    Same tag, so a cluster subscriber connects to the switches' node (classic PUBLISH reaches
+    every node of a cluster anyway)."""
+    return f"{_BASE}:{{killswitch}}:changed"

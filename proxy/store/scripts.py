@@ -173,3 +173,27 @@ end
 return 1
 """
 )
+
+# The per-account ceiling: count this send in each of the account's current windows. With
+# enforce=1 a send over any limit is not counted (the counts are rolled back), so refused
+# attempts do not keep an account locked. Returns {over, count1, count2, ...}: over is the
+# 1-based index of the first window over its limit, 0 for none.
+ACCOUNT_ADMIT = """
+local enforce = ARGV[1] == '1'
+local counts = {}
+local over = 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[i * 2])
+  local ttl_ms = tonumber(ARGV[i * 2 + 1])
+  local n = redis.call('INCR', key)
+  if n == 1 then redis.call('PEXPIRE', key, ttl_ms) end
+  counts[i] = n
+  if over == 0 and n > limit then over = i end
+end
+if over > 0 and enforce then
+  for _, key in ipairs(KEYS) do redis.call('DECR', key) end
+end
+local reply = {over}
+for i = 1, #counts do reply[i + 1] = counts[i] end
+return reply
+"""

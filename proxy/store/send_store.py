@@ -82,6 +82,7 @@ class SendStore:
         self._complete = redis.register_script(scripts.COMPLETE)
         self._release = redis.register_script(scripts.RELEASE)
         self._mark_unknown = redis.register_script(scripts.MARK_UNKNOWN)
+        self._account_admit = redis.register_script(scripts.ACCOUNT_ADMIT)
 
     async def claim(self, ref: SendRef, request: ClaimRequest) -> ClaimResult:
         claim_keys = [
@@ -177,6 +178,24 @@ class SendStore:
         mark_keys = [ref.record, keys.recipient_breaker(ref.tag)]
         async with translate_store_errors():
             return int(await self._mark_unknown(keys=mark_keys, args=args))
+
+    async def admit_account(
+        self,
+        account_sid: str,
+        slots: Sequence[tuple[int, int]],
+        limits: Sequence[int],
+        *,
+        enforce: bool,
+    ) -> tuple[int, ...]:
+        """Count a send against the account's windows; the counts, this send included (when
+        `enforce` and over a limit, it was not counted: the counts show what it would make)."""
+        admit_keys = [keys.account_sends(account_sid, ms, index) for ms, index in slots]
+        args: list[str | int] = ["1" if enforce else "0"]
+        for (window_ms, _), limit in zip(slots, limits, strict=True):
+            args += [limit, window_ms * 2]  # kept past its window: Retry-After stays readable
+        async with translate_store_errors():
+            reply = cast(list[int], await self._account_admit(keys=admit_keys, args=args))
+        return tuple(int(count) for count in reply[1:])
 
     async def get(self, ref: SendRef) -> DedupRecord | None:
         async with translate_store_errors():

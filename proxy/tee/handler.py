@@ -40,8 +40,14 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from proxy.decision import Decision
-from proxy.errors import InternalError, InvalidRequest, SendguardError
+from proxy.errors import (
+    CallbackForbidden,
+    CallbackMethodNotAllowed,
+    CallbackUndeliverable,
+    InternalError,
+    InvalidRequest,
+    SendguardError,
+)
 from proxy.logs import get_logger, mask_phone
 from proxy.tee.rewrite import callback_headers, callback_target
 from proxy.tee.signing import (
@@ -81,30 +87,6 @@ BODY_INVALID = "callback-body-invalid"
 METHOD_NOT_ALLOWED = "callback-method-not-allowed"
 
 
-class CallbackForbidden(SendguardError):
-    status = 403
-    code = 79040
-    decision = Decision.REFUSED
-    default_message = "the callback's X-Twilio-Signature is not valid for its account"
-
-
-class CallbackUndeliverable(SendguardError):
-    status = 502
-    code = 79041
-    decision = Decision.UPSTREAM_UNREACHABLE
-    default_message = "the app's status callback URL did not take the callback; retry later"
-
-
-class CallbackMethodNotAllowed(SendguardError):
-    status = 405
-    code = 79042
-    decision = Decision.INVALID_REQUEST
-    default_message = "status callbacks are taken by POST only"
-
-    def headers(self) -> dict[str, str]:
-        return {**super().headers(), "Allow": "POST"}
-
-
 # -- the hooks -------------------------------------------------------------------------------
 
 
@@ -114,7 +96,7 @@ class DeliveryStatus(NamedTuple):
     status: str
     error_code: int | None
     to: str
-    sender: str  # From, or MessagingServiceSid when there is no From
+    sender: str  # MessagingServiceSid, else From: as a send's facts name the sender
 
 
 class CallbackLearner(Protocol):
@@ -454,7 +436,7 @@ def delivery_status(callback: InboundCallback) -> DeliveryStatus | None:
         status=status,
         error_code=error_code,
         to=callback.field("To"),
-        sender=callback.field("From") or callback.field("MessagingServiceSid"),
+        sender=callback.field("MessagingServiceSid") or callback.field("From"),
     )
 
 
