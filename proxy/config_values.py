@@ -32,12 +32,6 @@ _LIMIT_UNITS = {
     "d": 86400.0,
     "day": 86400.0,
 }
-_SCOPE_ARGS = {
-    "account": (ACCOUNT_SID, "AC + 32 hex digits"),
-    "sender": (re.compile(r"\S+"), "a From number, sender ID or MG… SID"),
-    "recipient": (E164, "an E.164 number like +14155550100"),
-    "prefix": (re.compile(r"\+[0-9]{1,15}", re.ASCII), "'+' and digits, like +44"),
-}
 _LIMITS_HINT = "use N/unit pairs like '5/min,20/h,50/day' with unit s, min, h or day; or 'off'"
 
 _URL_KEYS = ("upstream", "redis_url", "public_url")
@@ -133,21 +127,6 @@ def parse_token_pairs(value: str) -> dict[str, str]:
             raise ValueError(f"account {sid} listed twice")
         pairs[sid] = token
     return pairs
-
-
-def check_scope(scope: str) -> str:
-    if scope == "global":
-        return scope
-    kind, _, arg = scope.partition(":")
-    if kind not in _SCOPE_ARGS:
-        raise ValueError(
-            f"unknown kill switch scope {kind!r} "
-            "(use global, account:AC…, sender:…, recipient:+E164, prefix:+digits)"
-        )
-    pattern, needs = _SCOPE_ARGS[kind]
-    if not pattern.fullmatch(arg):  # the argument may be a phone number: don't echo it
-        raise ValueError(f"invalid {kind}: scope (needs {needs})")
-    return scope
 
 
 def mask(name: str, value: Any, *, keep_secret_type: bool = False) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import sys
 from typing import Any
@@ -36,6 +37,15 @@ def mask_phone(value: str) -> str:
     else:
         masked = address[:4] + "*" * (len(address) - 6) + address[-2:]
     return f"{channel}{sep}{masked}"
+
+
+# Standalone digit runs only: digits inside a SID (AC0123456789abcdef...) are not a number.
+PHONE_IN_TEXT_RE = re.compile(r"(?<![A-Za-z0-9])(?:\+|%2[bB])?\d{7,}(?![A-Za-z0-9])")
+
+
+def mask_phones_in(text: str) -> str:
+    """Every phone-number-like digit run in free text (paths, error messages) masked."""
+    return PHONE_IN_TEXT_RE.sub(lambda m: mask_phone(m.group()), text)
 
 
 def correlation_hash(value: str) -> str:

@@ -1,12 +1,13 @@
 """Prometheus metrics, one registry per app (several instances can share a process in tests).
 
-Label values are bounded vocabularies (decisions, guard names, Twilio codes): never a phone
-number, key, SID or account, so cardinality stays flat however much traffic flows.
+Label values are bounded vocabularies (decisions, guard names, Twilio codes, store steps), plus
+the account SID on `sendguard_sends_total` (one series per Twilio account, which SPEC §5 asks
+for): never a phone number, key or message SID.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -38,6 +39,50 @@ class Metrics:
         self.upstream_429_retries = Counter(
             "sendguard_upstream_429_retries",
             "Upstream 429 answers retried inside sendguard.",
+            registry=self.registry,
+        )
+
+        self.upstream_latency = Histogram(
+            "sendguard_upstream_latency_seconds",
+            "Time from sending a request upstream to its answer, by route (or passthrough).",
+            ["route"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.dedup_hits = Counter(
+            "sendguard_dedup_hits",
+            "Duplicates answered from the store, by outcome and by what identified them.",
+            ["kind", "by"],
+            registry=self.registry,
+        )
+        self.records_unknown = Counter(
+            "sendguard_records_unknown",
+            "Send records marked UNKNOWN (the send may have happened), by reason class.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "sendguard_store_errors",
+            "Store operations that failed, by step.",
+            ["step"],
+            registry=self.registry,
+        )
+        self.sends = Counter(
+            "sendguard_sends",
+            "Guarded sends forwarded upstream, by account SID.",
+            ["account"],
+            registry=self.registry,
+        )
+        self.kill_switch_engaged = Gauge(
+            "sendguard_kill_switch_engaged",
+            "Kill switches in force on this instance, by scope kind.",
+            ["scope_kind"],
+            registry=self.registry,
+        )
+        self.store_mode = Gauge(
+            "sendguard_store_mode",
+            "The store mode in use: 1 for the active one (shared, local, closed, open).",
+            ["mode"],
             registry=self.registry,
         )
 

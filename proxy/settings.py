@@ -42,7 +42,6 @@ from proxy.config_values import (
     check_host_glob,
     check_http_url,
     check_redis_url,
-    check_scope,
     mask,
     parse_recipient_limits,
     parse_token_pairs,
@@ -52,6 +51,8 @@ from proxy.config_values import (
 from proxy.durations import parse_duration, parse_size
 from proxy.guard.suppression import DEFAULT_RULES as DEFAULT_SUPPRESSION_RULES
 from proxy.guard.suppression import parse_rules as parse_suppression_rules
+from proxy.killswitch.model import parse_break_glass, parse_env_switches
+from proxy.logs import mask_phones_in
 
 __all__ = [
     "CONFIG_ENV",
@@ -207,6 +208,10 @@ class Settings(BaseSettings):
     kill_switch: str | None = Field(
         None, description="Kill switch scopes, comma-separated (global, account:AC…, …)."
     )
+    break_glass_senders: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Senders (From or MG…) that pass every kill switch, comma-separated.",
+    )
     on_store_error: Literal["local", "closed", "open"] = Field(
         "local", description="Store outage policy: local, closed or open."
     )
@@ -339,8 +344,25 @@ class Settings(BaseSettings):
     @field_validator("kill_switch")
     @classmethod
     def _check_kill_switch(cls, value: str | None) -> str | None:
-        scopes = [] if value is None else [check_scope(s) for s in split_commas(value)]
-        return ",".join(scopes) or None
+        if value is None:
+            return None
+        try:
+            switches = parse_env_switches(value, now=0.0)  # names the bad scope
+        except ValueError as exc:  # the bad scope may be someone's phone number
+            raise ValueError(mask_phones_in(str(exc))) from None
+        return ",".join(str(switch.scope) for switch in switches) or None
+
+    @field_validator("break_glass_senders", mode="before")
+    @classmethod
+    def _parse_break_glass(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = split_commas(value)
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            try:
+                parse_break_glass(value)  # names the bad sender
+            except ValueError as exc:
+                raise ValueError(mask_phones_in(str(exc))) from None
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -391,7 +391,7 @@ def test_recipient_limits_invalid(spec: str) -> None:
         ("global", ["global"]),
         (f"account:{SID_A}", [f"account:{SID_A}"]),
         ("sender:MG" + "1" * 32, ["sender:MG" + "1" * 32]),
-        ("sender:whatsapp:+14155550100", ["sender:whatsapp:+14155550100"]),
+        ("sender:+14155550100", ["sender:+14155550100"]),
         ("recipient:+14155550100", ["recipient:+14155550100"]),
         ("prefix:+44", ["prefix:+44"]),
         (" global , prefix:+1 ", ["global", "prefix:+1"]),
@@ -411,6 +411,7 @@ def test_kill_switch_valid(value: str, scopes: list[str]) -> None:
         "recipient:447700900123",
         "prefix:44",
         "sender:",
+        "sender:whatsapp:+14155550100",  # a sender scope covers every channel: no prefix
         "global,nope",
     ],
 )

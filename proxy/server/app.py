@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,10 +31,12 @@ from proxy.errors import (
 from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, ProtectionPolicy
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.guard.suppression import parse_rules as parse_suppression_rules
+from proxy.killswitch import KillSwitchBoard, KillSwitchStore, parse_env_switches
 from proxy.logs import configure_logging, get_logger
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT
 from proxy.server.forward import forward_passthrough
+from proxy.server.gate import SendGate, StoreFailover, StoreMode
 from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
@@ -68,8 +71,11 @@ class Runtime:
     max_body: int
     routes: RouteTable
     client: UpstreamClient
+    metrics: Metrics
     store: SendStore
-    guard: SendGuard
+    gate: SendGate
+    board: KillSwitchBoard
+    failover: StoreFailover
     learner: SuppressionLearner
     tee: CallbackTee | None
 
@@ -90,7 +96,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     body = await read_body(request, runtime.max_body)
     match = runtime.routes.match(request.method, request.path)
     if match is not None:
-        return await runtime.guard.handle(request, body, upstream, match)
+        return await runtime.gate.handle(request, body, upstream, match)
     learner = runtime.learner
 
     def watch(status: int) -> int:
@@ -98,6 +104,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return runtime.max_body if learner.watches(request.method, request.path, status) else 0
 
     response, kept = await forward_passthrough(request, body, upstream, runtime.client, watch)
+    upstream_ms = request[CONTEXT].upstream_ms
+    if upstream_ms is not None:
+        runtime.metrics.upstream_latency.labels("passthrough").observe(upstream_ms / 1000)
     if kept is not None:
         learner.learn_in_background(kept, response.headers.get("Content-Encoding", ""))
     return response
@@ -204,24 +213,55 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
             attempts=CALLBACK_FORWARD_ATTEMPTS,
             timeout=CALLBACK_FORWARD_TIMEOUT_SECONDS,
         )
+    shared_guard = SendGuard(store, client, policy, metrics, routing)
+    local_store: list[EmbeddedStore] = []
+
+    async def make_local_guard() -> SendGuard:
+        # Started on first need only: most instances never see their shared store fail.
+        embedded = EmbeddedStore(None)
+        url = await embedded.start()
+        local_store.append(embedded)
+        log.warning("local_store_started", reason="shared-store-down")
+        return SendGuard(SendStore(Redis.from_url(url)), client, policy, metrics, routing)
+
+    failover = StoreFailover(
+        shared_guard,
+        StoreMode(settings.on_store_error),
+        metrics,
+        make_local=make_local_guard if settings.redis_url is not None else None,
+    )
+    shared_guard.on_store_error = failover.failed
+    board = KillSwitchBoard(
+        KillSwitchStore(app[REDIS]),
+        config_switches=parse_env_switches(settings.kill_switch or "", time.time()),
+        break_glass_senders=settings.break_glass_senders,
+    )
+    await board.start()
     app[RUNTIME] = Runtime(
         upstream=Upstream.from_url(app[UPSTREAM_URL]),
         allowed_hosts=tuple(settings.upstream_allowed_hosts),
         max_body=settings.max_body_bytes,
         routes=RouteTable(route_specs(settings)),
         client=client,
+        metrics=metrics,
         store=store,
-        guard=SendGuard(store, client, policy, metrics, routing),
+        gate=SendGate(failover, board, metrics),
+        board=board,
+        failover=failover,
         learner=learner,
         tee=tee,
     )
     try:
         yield
     finally:
+        await board.stop()
+        await failover.close()
         await learner.drain()
         await client.close()
         if callback_session is not None:
             await callback_session.close()
+        for embedded in local_store:
+            await embedded.stop()
 
 
 async def _callback_secret(app: web.Application) -> bytes:

@@ -20,6 +20,7 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -40,7 +41,7 @@ from proxy.errors import (
     UpstreamUnreachable,
 )
 from proxy.guard.dedup import Action, DedupRecord, Outcome, StoredResponse, classify_status, decide
-from proxy.guard.facts import SendFacts, build_facts
+from proxy.guard.facts import SendFacts
 from proxy.guard.protection import (
     AccountCeiling,
     GuardMode,
@@ -49,16 +50,13 @@ from proxy.guard.protection import (
     judge,
     judge_account,
 )
-from proxy.guard.routes import RouteMatch
 from proxy.guard.suppression import SuppressionRule, error_code_in, learn, scope_fields
 from proxy.logs import (
     CLAIM_LOST,
     RECORD_MARKED_UNKNOWN,
     STORE_ERROR,
     WOULD_BLOCK,
-    correlation_hash,
     get_logger,
-    mask_phone,
 )
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT, RequestContext
@@ -157,25 +155,15 @@ class SendGuard:
         self.policy = policy
         self.metrics = metrics
         self.callbacks = callbacks
+        # Told of every store failure (the gate's failover listens on the shared store's guard).
+        self.on_store_error: Callable[[str, str], None] | None = None
 
     async def handle(
-        self, request: web.Request, body: bytes, upstream: Upstream, route: RouteMatch
+        self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
     ) -> web.Response:
+        """Claim, decide, forward, record. Raises StoreUnavailable only before anything was
+        sent (the gate may then retry the whole send on another store)."""
         ctx = request[CONTEXT]
-        facts = build_facts(
-            route,
-            authorization=request.headers.get("Authorization", ""),
-            idempotency_key_header=request.headers.get("Idempotency-Key"),
-            body=body,
-            content_type=request.headers.get("Content-Type", ""),
-        )
-        ctx.fields.update(
-            account=facts.account_sid,
-            route=route.route.name,
-            dedup_by="key" if facts.by_key else "fingerprint",
-            to=mask_phone(facts.to),
-            to_ref=correlation_hash(facts.to),
-        )
         ref = SendRef(facts.recipient_tag, facts.dedup_id)
         token = secrets.token_hex(16)
         claim_request = self.policy.claim_request(facts, token, _reconciliation_meta(facts))
@@ -187,6 +175,7 @@ class SendGuard:
             if claim.key_owner is not None and claim.key_owner != f"{ref.tag} {facts.payload_hash}":
                 if claim.claimed:
                     await self._release(ctx, ref, token)
+                self._dedup_hit(Decision.KEY_MISMATCH, facts)
                 raise KeyMismatch(reason="key-reused-with-other-payload")
             if claim.claimed:
                 await self._apply_protection(ctx, ref, token, claim)
@@ -204,10 +193,13 @@ class SendGuard:
             record = decision.record
             assert record is not None
             if decision.action is Action.REPLAY:
+                self._dedup_hit(Decision.REPLAYED, facts)
                 return _replay(ctx, record, decision.reason)
             if decision.action is Action.KEY_MISMATCH:
+                self._dedup_hit(Decision.KEY_MISMATCH, facts)
                 raise KeyMismatch(reason=decision.reason)
             if decision.action is Action.OUTCOME_UNKNOWN:
+                self._dedup_hit(Decision.OUTCOME_UNKNOWN, facts)
                 raise OutcomeUnknown(reason=decision.reason)
             if decision.action is Action.MARK_STALE:
                 await self._mark_stale(ctx, facts, ref, record)
@@ -215,15 +207,25 @@ class SendGuard:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 lease_left = (record.lease_until_ms - claim.now_ms) / 1000
+                self._dedup_hit(Decision.IN_FLIGHT, facts)
                 raise InFlight(retry_after=max(1.0, lease_left), reason=decision.reason)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self.policy.poll_max)
+
+    def _store_failed(self, ctx: RequestContext, step: str, exc: StoreError) -> None:
+        self.metrics.store_errors.labels(step).inc()
+        log.error(STORE_ERROR, request_id=ctx.request_id, step=step, error=str(exc))
+        if self.on_store_error is not None:
+            self.on_store_error(step, str(exc))
+
+    def _dedup_hit(self, kind: Decision, facts: SendFacts) -> None:
+        self.metrics.dedup_hits.labels(kind.value, "key" if facts.by_key else "fingerprint").inc()
 
     async def _claim(self, ctx: RequestContext, ref: SendRef, request: ClaimRequest) -> ClaimResult:
         try:
             return await self.store.claim(ref, request)
         except StoreError as exc:
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="claim", error=str(exc))
+            self._store_failed(ctx, "claim", exc)
             raise StoreUnavailable(reason="store-error") from exc
 
     async def _apply_protection(
@@ -254,6 +256,37 @@ class SendGuard:
                         cooldown_s=verdict.trip_ms / 1000, **_scope_fields(ctx))  # fmt: skip
         raise _refusal(verdict)
 
+    async def forward_unguarded(
+        self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
+    ) -> web.Response:
+        """`on_store_error=open` with the store down: one send, no claim and no record. The
+        operator chose delivery over dedup; the log line and the metric say so every time."""
+        ctx = request[CONTEXT]
+        ctx.decide(Decision.FORWARDED, "store-down-unguarded")
+        headers = upstream_request_headers(
+            request.headers, upstream.authority, identity_encoding=False
+        )
+        started = time.perf_counter()
+        try:
+            result = await self._send_within_429_budget(
+                ctx, request.method, upstream_url(upstream, request), headers, body
+            )
+        except NotSent as exc:
+            raise UpstreamUnreachable(reason="connect-failed") from exc
+        except SentNoAnswer as exc:
+            error = UpstreamTimedOut if exc.kind == "timeout" else UpstreamReset
+            raise error(reason=f"upstream-{exc.kind}-unguarded") from exc
+        elapsed = time.perf_counter() - started
+        ctx.upstream_status = result.status
+        ctx.upstream_ms = round(elapsed * 1000, 2)
+        self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
+        self.metrics.sends.labels(facts.account_sid).inc()
+        return web.Response(
+            status=result.status,
+            body=result.body,
+            headers=downstream_response_headers(result.headers),
+        )
+
     async def _apply_account_ceiling(
         self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, now_ms: int
     ) -> None:
@@ -269,7 +302,7 @@ class SendGuard:
             )
         except StoreError as exc:
             await self._release(ctx, ref, token)
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="account", error=str(exc))
+            self._store_failed(ctx, "account", exc)
             raise StoreUnavailable(reason="store-error") from exc
         verdict = judge_account(counts, ceiling, now_ms)
         if verdict.would_block:
@@ -316,8 +349,11 @@ class SendGuard:
             # The request may already be on the wire; settle before letting the cancel through.
             await asyncio.shield(self._mark_own_unknown(ctx, facts, ref, token, "cancelled"))
             raise
+        elapsed = time.perf_counter() - started
         ctx.upstream_status = result.status
-        ctx.upstream_ms = round((time.perf_counter() - started) * 1000, 2)
+        ctx.upstream_ms = round(elapsed * 1000, 2)
+        self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
+        self.metrics.sends.labels(facts.account_sid).inc()
         if self.callbacks is not None:
             self.callbacks.learn_credential(request.headers.get("Authorization", ""), result.status)
         outcome = classify_status(result.status)
@@ -395,7 +431,7 @@ class SendGuard:
         except StoreError as exc:
             # The message WAS sent: answer with it. The unrecorded claim turns UNKNOWN when
             # its lease runs out, so a duplicate is refused rather than resent.
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="complete", error=str(exc))
+            self._store_failed(ctx, "complete", exc)
             return
         if done == 0:
             log.warning(CLAIM_LOST, request_id=ctx.request_id, step="complete")
@@ -414,7 +450,7 @@ class SendGuard:
                 ref, token=token, trip_ms=trip_ms, breaker_ttl_ms=breaker_ttl_ms
             )
         except StoreError as exc:
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="release", error=str(exc))
+            self._store_failed(ctx, "release", exc)
             return
         if not released:
             log.warning(CLAIM_LOST, request_id=ctx.request_id, step="release")
@@ -431,8 +467,9 @@ class SendGuard:
                 require_expired=False,
             )
         except StoreError as exc:
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="mark_unknown", error=str(exc))
+            self._store_failed(ctx, "mark_unknown", exc)
             return
+        self.metrics.records_unknown.labels(reason.split("-", 1)[-1]).inc()
         log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id, reason=reason,
                     **_scope_fields(ctx))  # fmt: skip
 
@@ -448,9 +485,10 @@ class SendGuard:
                 require_expired=True,
             )
         except StoreError as exc:
-            log.error(STORE_ERROR, request_id=ctx.request_id, step="mark_stale", error=str(exc))
+            self._store_failed(ctx, "mark_stale", exc)
             raise StoreUnavailable(reason="store-error") from exc
         if marked == 1:
+            self.metrics.records_unknown.labels("owner-gone").inc()
             log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id,
                         reason="claim-owner-gone", **_scope_fields(ctx))  # fmt: skip
 

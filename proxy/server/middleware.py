@@ -3,7 +3,6 @@ error rendering (Twilio-shaped, never a traceback) and the one `request_finished
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
@@ -12,7 +11,7 @@ from aiohttp.typedefs import Handler
 
 from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRefused
-from proxy.logs import REQUEST_FINISHED, get_logger, mask_phone
+from proxy.logs import REQUEST_FINISHED, get_logger, mask_phones_in
 from proxy.server.context import CONTEXT, RequestContext, request_id_from
 from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
 from proxy.tee.urls import CALLBACK_PATH_PREFIX
@@ -92,13 +91,9 @@ def _log_finished(request: web.Request, ctx: RequestContext, status: int) -> Non
     )
 
 
-# Standalone digit runs only: digits inside a SID (AC0123456789abcdef...) are not a number.
-_PHONE_IN_PATH_RE = re.compile(r"(?<![A-Za-z0-9])(?:\+|%2[bB])?\d{7,}(?![A-Za-z0-9])")
-
-
 def _loggable_path(path: str) -> str:
     # A tee callback's token encodes the app's own URL, whose query may hold the app's secrets.
     if path.startswith(CALLBACK_PATH_PREFIX):
         return CALLBACK_PATH_PREFIX + "…"
     # SIDs are fine to log, but Lookups-style paths carry phone numbers: mask long digit runs.
-    return _PHONE_IN_PATH_RE.sub(lambda m: mask_phone(m.group()), path[:200])
+    return mask_phones_in(path[:200])
