@@ -134,3 +134,17 @@ async def test_guarded_sends_ask_for_an_uncompressed_answer(proxy, echo_upstream
         echoed = json.loads(await answer.read())
     assert "accept-encoding" not in {name.lower() for name, _ in echoed["headers"]}
     assert seen[-1]["body"] == "To=%2B1555&Body=x"
+
+
+async def test_with_the_sandbox_upstream_a_client_naming_twilio_stays_in_the_sandbox(proxies, http):
+    """A demo with real credentials and an SDK recipe that names api.twilio.com in
+    X-Sendguard-Upstream-Host must not send a real SMS."""
+    from tests.harness import SENDER, post_send
+
+    demo = await proxies.start(upstream="sandbox")
+    status, headers, body = await post_send(
+        http, demo.url, {"To": "+15558675310", "From": SENDER, "Body": "demo"},
+        headers={"X-Sendguard-Upstream-Host": "api.twilio.com"},
+    )  # fmt: skip
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert body["sid"].startswith("SM")

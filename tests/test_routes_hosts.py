@@ -83,3 +83,11 @@ def test_refused_upstreams(header):
 def test_default_upstream_keeps_its_scheme_when_named():
     local = Upstream.from_url("http://127.0.0.1:9000")
     assert select_upstream("127.0.0.1:9000", local, ["127.0.0.1"]).origin == "http://127.0.0.1:9000"
+
+
+def test_the_sandbox_pins_every_allowed_host_to_itself():
+    sandbox = Upstream("http", "127.0.0.1", 9000)
+    for header in ("api.twilio.com", "api.sydney.au1.twilio.com:443"):
+        assert select_upstream(header, sandbox, ALLOW, pinned=True) is sandbox
+    with pytest.raises(UpstreamRefused):  # the allowlist still applies
+        select_upstream("evil.example.com", sandbox, ALLOW, pinned=True)

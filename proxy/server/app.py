@@ -68,6 +68,7 @@ CALLBACK_DEDUP_TTL_SECONDS = 24 * 3600.0
 class Runtime:
     upstream: Upstream
     allowed_hosts: tuple[str, ...]
+    sandboxed: bool  # `--upstream sandbox`: every request goes to the simulator
     max_body: int
     routes: RouteTable
     client: UpstreamClient
@@ -91,7 +92,10 @@ RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
 async def handle(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     upstream = select_upstream(
-        request.headers.get(UPSTREAM_HOST_HEADER), runtime.upstream, runtime.allowed_hosts
+        request.headers.get(UPSTREAM_HOST_HEADER),
+        runtime.upstream,
+        runtime.allowed_hosts,
+        pinned=runtime.sandboxed,
     )
     body = await read_body(request, runtime.max_body)
     match = runtime.routes.match(request.method, request.path)
@@ -231,8 +235,14 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         make_local=make_local_guard if settings.redis_url is not None else None,
     )
     shared_guard.on_store_error = failover.failed
+    # The board's resync and subscription get their own connections, off the hot path's pool.
+    board_redis: RedisClient = (
+        RedisCluster.from_url(app[STORE_URL])
+        if settings.redis_cluster
+        else Redis.from_url(app[STORE_URL])
+    )
     board = KillSwitchBoard(
-        KillSwitchStore(app[REDIS]),
+        KillSwitchStore(board_redis),
         config_switches=parse_env_switches(settings.kill_switch or "", time.time()),
         break_glass_senders=settings.break_glass_senders,
     )
@@ -240,6 +250,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     app[RUNTIME] = Runtime(
         upstream=Upstream.from_url(app[UPSTREAM_URL]),
         allowed_hosts=tuple(settings.upstream_allowed_hosts),
+        sandboxed=settings.upstream_is_sandbox,
         max_body=settings.max_body_bytes,
         routes=RouteTable(route_specs(settings)),
         client=client,
@@ -255,6 +266,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await board.stop()
+        await board_redis.aclose()
         await failover.close()
         await learner.drain()
         await client.close()

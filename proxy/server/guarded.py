@@ -67,7 +67,14 @@ from proxy.server.headers import (
     replayable_headers,
     upstream_request_headers,
 )
-from proxy.store.send_store import ClaimRequest, ClaimResult, SendRef, SendStore, StoreError
+from proxy.store.send_store import (
+    ClaimRequest,
+    ClaimResult,
+    SendRef,
+    SendStore,
+    StoreError,
+    key_lookup_id,
+)
 from proxy.tee.rewrite import encode_form, rewrite_status_callback
 from proxy.tee.tokens import AuthTokenBook
 from proxy.tee.urls import CallbackUrlCodec
@@ -119,6 +126,11 @@ class GuardPolicy:
             keep_ms=self.protection.keep_ms,
             scopes=scope_fields(facts.sender, facts.content),
             key_index=facts.by_key,
+            key_lookup_id=(
+                key_lookup_id(facts.account_sid, facts.idempotency_key)
+                if facts.idempotency_key is not None
+                else ""
+            ),
         )
 
 

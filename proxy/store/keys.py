@@ -45,6 +45,16 @@ def key_index(dedup_id: str) -> str:
     return f"{_BASE}:{{{dedup_id}}}:key"
 
 
+def message_ref(message_sid: str) -> str:
+    """String: `<recipient tag> <dedup id>` of the send that created a Message SID (admin)."""
+    return f"{_BASE}:{{m{message_sid}}}:ref"
+
+
+def key_ref(lookup_id: str) -> str:
+    """String: `<recipient tag> <dedup id>` of the last send under an account's key (admin)."""
+    return f"{_BASE}:{{k{lookup_id}}}:ref"
+
+
 def account_sends(account_sid: str, window_ms: int, index: int) -> str:
     """Counter: sends of one account in one fixed window (the optional per-account ceiling).
     All windows of an account share its slot, so one script counts them together."""

@@ -9,21 +9,25 @@ trip: the CLAIM script on the recipient's slot, pipelined (for keyed sends) with
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from proxy.guard.dedup import DedupRecord, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
 from proxy.store import keys, scripts
 
 RedisClient = Redis | RedisCluster
+# A pipeline step: a script with its keys and args, or a plain command queued on the pipeline.
+PipelineStep = tuple[AsyncScript, Sequence[str], Sequence[str | int | bytes]] | Callable[[Any], Any]
 MESSAGE_INDEX_TTL_MS = 7 * 86_400_000
 
 
@@ -63,6 +67,7 @@ class ClaimRequest:
     keep_ms: int
     scopes: tuple[str, ...]  # suppression fields that apply to this send
     key_index: bool  # keyed send: check/claim the key's index too
+    key_lookup_id: str = ""  # keyed send: where the admin API finds it by account + key
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,20 @@ class ClaimResult:
     record: DedupRecord | None
     recipient: RecipientState | None  # only when claimed
     key_owner: str | None  # keyed sends: "<tag> <payload hash>" the key was first used for
+
+
+@dataclass(frozen=True)
+class RecipientSnapshot:
+    suppressions: dict[str, Suppression]  # scope field -> what was learned (may have expired)
+    breaker: dict[str, str]  # open_until, trips, probe… as stored
+    send_times_ms: tuple[int, ...]  # sends in the longest window, by store time
+
+
+def key_lookup_id(account_sid: str, idempotency_key: str) -> str:
+    """The admin API's handle on a keyed send: the account and the key, hashed (keys may be
+    sensitive, and the key's own dedup identity also hashes the credential, which an operator
+    does not have)."""
+    return hashlib.sha256(f"{account_sid}\x00{idempotency_key}".encode()).hexdigest()[:32]
 
 
 class SendStore:
@@ -107,20 +126,27 @@ class SendStore:
             if request.key_index:
                 index_key = keys.key_index(ref.dedup_id)
                 index_value = f"{ref.tag} {request.payload_hash}"
+                lookup_key = keys.key_ref(request.key_lookup_id)
+                lookup_value = f"{ref.tag} {ref.dedup_id}"
                 if isinstance(self.redis, RedisCluster):
-                    # Cluster pipelines refuse scripts: two concurrent calls, one round trip.
-                    owner, reply = await asyncio.gather(
+                    # Cluster pipelines refuse scripts: concurrent calls, one round trip.
+                    owner, reply, _ = await asyncio.gather(
                         self.redis.set(
                             index_key, index_value, nx=True, get=True, px=request.ttl_ms
                         ),
                         self._claim(keys=claim_keys, args=args),
+                        self.redis.set(lookup_key, lookup_value, px=request.ttl_ms),
                     )
                 else:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.set(index_key, index_value, nx=True, get=True, px=request.ttl_ms)
-                        # The script queues on the pipeline (redis-py types `client` narrowly).
-                        await self._claim(keys=claim_keys, args=args, client=pipe)
-                        owner, reply = await pipe.execute()
+                    # Re-running the SETs after a NOSCRIPT is harmless: the index then holds
+                    # our own value, which is what the first run wrote.
+                    owner, reply, _ = await self._pipelined(
+                        lambda pipe: pipe.set(
+                            index_key, index_value, nx=True, get=True, px=request.ttl_ms
+                        ),
+                        (self._claim, claim_keys, args),
+                        lambda pipe: pipe.set(lookup_key, lookup_value, px=request.ttl_ms),
+                    )
                 key_owner = cast(bytes, owner).decode() if owner else None
             else:
                 reply = await self._claim(keys=claim_keys, args=args)
@@ -131,6 +157,30 @@ class SendStore:
             return ClaimResult(True, now_ms, None, state, key_owner)
         fields = {reply[i].decode(): reply[i + 1] for i in range(2, len(reply), 2)}
         return ClaimResult(False, now_ms, DedupRecord.from_hash(fields), None, key_owner)
+
+    async def _pipelined(self, *steps: PipelineStep) -> list[Any]:
+        """One round trip for a script and plain commands (standalone Redis only).
+
+        redis-py's Script objects run `SCRIPT EXISTS` before every pipeline that holds one:
+        a hidden extra round trip. EVALSHA goes in as a plain command instead. A NOSCRIPT
+        (the server restarted and lost its scripts) loads the script and runs just the script
+        again; the plain commands' answers from the first run stand.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for step in steps:
+                if isinstance(step, tuple):
+                    script, script_keys, script_args = step
+                    pipe.evalsha(script.sha, len(script_keys), *script_keys, *script_args)
+                else:
+                    step(pipe)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        for index, (step, result) in enumerate(zip(steps, results, strict=True)):
+            if isinstance(result, NoScriptError) and isinstance(step, tuple):
+                script, script_keys, script_args = step
+                results[index] = await script(keys=script_keys, args=script_args)
+            elif isinstance(result, Exception):
+                raise result
+        return results
 
     async def complete(
         self,
@@ -161,7 +211,21 @@ class SendStore:
             keys.recipient_messages(ref.tag),
         ]
         async with translate_store_errors():
-            return int(await self._complete(keys=complete_keys, args=args))
+            if not message_sid:
+                return int(await self._complete(keys=complete_keys, args=args))
+            # The SID index (for the admin API) rides along in the same round trip.
+            sid_key, sid_value = keys.message_ref(message_sid), f"{ref.tag} {ref.dedup_id}"
+            if isinstance(self.redis, RedisCluster):
+                done, _ = await asyncio.gather(
+                    self._complete(keys=complete_keys, args=args),
+                    self.redis.set(sid_key, sid_value, px=ttl_ms),
+                )
+            else:
+                done, _ = await self._pipelined(
+                    (self._complete, complete_keys, args),
+                    lambda pipe: pipe.set(sid_key, sid_value, px=ttl_ms),
+                )
+            return int(done)
 
     async def release(
         self, ref: SendRef, *, token: str, trip_ms: int = 0, breaker_ttl_ms: int = 0
@@ -222,6 +286,52 @@ class SendStore:
                 bytes | None, await self.redis.hget(keys.recipient_messages(tag), message_sid)
             )
         return raw.decode() if raw else None
+
+    # -- the admin path: lookups and operator changes, never on the hot path -----------------
+
+    async def find_ref(self, *, message_sid: str = "", key_lookup_id: str = "") -> SendRef | None:
+        index = keys.message_ref(message_sid) if message_sid else keys.key_ref(key_lookup_id)
+        async with translate_store_errors():
+            raw = cast(bytes | None, await self.redis.get(index))
+        if not raw:
+            return None
+        tag, _, dedup_id = raw.decode().partition(" ")
+        return SendRef(tag, dedup_id)
+
+    async def recipient_snapshot(self, tag: str) -> RecipientSnapshot:
+        async with translate_store_errors():
+            suppressions = cast(
+                dict[bytes, bytes], await self.redis.hgetall(keys.recipient_suppressions(tag))
+            )
+            breaker = cast(
+                dict[bytes, bytes], await self.redis.hgetall(keys.recipient_breaker(tag))
+            )
+            sends = cast(
+                list[tuple[bytes, float]],
+                await self.redis.zrange(keys.recipient_sends(tag), 0, -1, withscores=True),
+            )
+        return RecipientSnapshot(
+            suppressions={k.decode(): Suppression.from_json(v) for k, v in suppressions.items()},
+            breaker={k.decode(): v.decode() for k, v in breaker.items()},
+            send_times_ms=tuple(int(score) for _, score in sends),
+        )
+
+    async def clear_suppressions(self, tag: str, fields: Sequence[str] = ()) -> int:
+        """Remove the named suppression fields (all of them when none are named)."""
+        key = keys.recipient_suppressions(tag)
+        async with translate_store_errors():
+            if fields:
+                return int(await self.redis.hdel(key, *fields))
+            count = int(await self.redis.hlen(key))
+            await self.redis.delete(key)
+            return count
+
+    async def reset_breaker(self, tag: str) -> bool:
+        """Close the breaker and forget the recent sends it counted; True if there was any."""
+        async with translate_store_errors():
+            breaker = int(await self.redis.delete(keys.recipient_breaker(tag)))
+            sends = int(await self.redis.delete(keys.recipient_sends(tag)))
+        return bool(breaker or sends)
 
     async def ping(self) -> None:
         async with translate_store_errors():

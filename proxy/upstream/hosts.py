@@ -46,7 +46,12 @@ class Upstream:
         return f"{self.scheme}://{self.authority}"
 
 
-def select_upstream(header: str | None, default: Upstream, allowed: Sequence[str]) -> Upstream:
+def select_upstream(
+    header: str | None, default: Upstream, allowed: Sequence[str], *, pinned: bool = False
+) -> Upstream:
+    """The upstream a request goes to. `pinned` (the sandbox) sends every allowed host to the
+    default: a demo with real credentials and a client naming api.twilio.com must never
+    reach the real Twilio."""
     if header is None:
         return default
     found = _HOST_RE.fullmatch(header.strip().lower())
@@ -56,7 +61,7 @@ def select_upstream(header: str | None, default: Upstream, allowed: Sequence[str
     if not any(fnmatchcase(host, pattern.lower()) for pattern in allowed):
         raise UpstreamRefused(f"upstream host {host!r} is not in the allowlist")
     port_text = found.group("port")
-    if host == default.host and (port_text is None or int(port_text) == default.port):
+    if pinned or host == default.host and (port_text is None or int(port_text) == default.port):
         return default  # the configured upstream keeps its own scheme (e.g. a local http fake)
     port = int(port_text) if port_text else 443
     if not 0 < port < 65536:
