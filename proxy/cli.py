@@ -17,6 +17,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from proxy import __version__
+from proxy.cli_admin import ADMIN_COMMANDS
 from proxy.settings import CONFIG_ENV, ENV_PREFIX, ConfigError, Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -85,7 +86,7 @@ def serve(config: Path | None, **flags: Any) -> None:
     """Run the proxy and the admin server until SIGTERM/SIGINT."""
     settings = load_or_exit(config, flags)
     # Imported only once the configuration is valid: the server pulls in aiohttp, redis, ...
-    server = importlib.import_module("proxy.server")
+    server = importlib.import_module("proxy.server.run")
     exit_code: int = server.serve(settings)
     raise SystemExit(exit_code)
 
@@ -106,9 +107,10 @@ def check_config(config: Path | None, as_json: bool, **flags: Any) -> None:
         click.echo(f"{key} = {'(unset)' if value is None else json.dumps(value)}")
 
 
-# Admin subcommands (`kill-switch engage|release|list`, suppressions, breakers, records) talk
-# to the admin API and live in their own module, e.g. proxy/admin/cli.py defining a click group
-# `kill_switch`; register each one here with `cli.add_command(kill_switch)`.
+# Admin subcommands (`kill-switch engage|release|list`, suppressions, breakers, records,
+# status) talk to the admin API over HTTP; they live in proxy/cli_admin.py.
+for _command in ADMIN_COMMANDS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
+from proxy.admin.app import create_admin_app
 from proxy.server.app import STORE_URL, create_app
 from proxy.settings import load_settings
 
@@ -33,6 +34,9 @@ class ProxyInstance:
     url: str
     app: web.Application
     runner: web.AppRunner
+    admin_url: str = ""
+    admin_runner: web.AppRunner | None = None
+    stopping: bool = False  # what /readyz reports as shutting down
 
     @property
     def store_url(self) -> str:
@@ -52,12 +56,19 @@ class ProxyFactory:
         await site.start()
         port = runner.addresses[0][1]
         instance = ProxyInstance(f"http://127.0.0.1:{port}", app, runner)
+        admin = web.AppRunner(create_admin_app(app, lambda: instance.stopping))
+        await admin.setup()
+        await web.TCPSite(admin, "127.0.0.1", 0).start()
+        instance.admin_url = f"http://127.0.0.1:{admin.addresses[0][1]}"
+        instance.admin_runner = admin
         self.started.append(instance)
         return instance
 
     async def stop_all(self) -> None:
         for instance in reversed(self.started):
             await instance.runner.cleanup()
+            if instance.admin_runner is not None:
+                await instance.admin_runner.cleanup()
         self.started.clear()
 
 

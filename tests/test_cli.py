@@ -139,7 +139,7 @@ def test_serve_passes_settings_and_exit_code(monkeypatch: pytest.MonkeyPatch) ->
         return 3
 
     def fake_import(name: str) -> Any:
-        assert name == "proxy.server"
+        assert name == "proxy.server.run"
         return types.SimpleNamespace(serve=fake_serve)
 
     monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=fake_import))

@@ -1,5 +1,2 @@
-"""The aiohttp shell: middleware, forwarding, guarded sends, app wiring and process lifecycle."""
-
-from proxy.server.app import create_app, serve
-
-__all__ = ["create_app", "serve"]
+"""The aiohttp shell: middleware, forwarding, guarded sends, app wiring (`app.py`) and the
+process lifecycle with the admin listener (`run.py`, imported by the CLI)."""

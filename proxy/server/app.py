@@ -6,8 +6,6 @@ and torn down in reverse, each only if it was set up.
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, Prote
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.guard.suppression import parse_rules as parse_suppression_rules
 from proxy.killswitch import KillSwitchBoard, KillSwitchStore, parse_env_switches
-from proxy.logs import configure_logging, get_logger
+from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT
 from proxy.server.forward import forward_passthrough
@@ -337,27 +335,3 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_route("*", CALLBACK_PATH_PREFIX + "{token:.*}", handle_callback)
     app.router.add_route("*", "/{tail:.*}", handle)
     return app
-
-
-async def run_until_signalled(settings: Settings) -> int:
-    app = create_app(settings)
-    # shutdown_timeout: on stop, in-flight sends get this long to finish and record.
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=settings.shutdown_grace)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port)
-    await site.start()
-    log.info("sendguard_started", listen=settings.listen, settings=settings.redacted_dict())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    log.info("sendguard_stopping")
-    await runner.cleanup()
-    log.info("sendguard_stopped")
-    return 0
-
-
-def serve(settings: Settings) -> int:
-    configure_logging(settings.log_level, settings.effective_log_format)
-    return asyncio.run(run_until_signalled(settings))

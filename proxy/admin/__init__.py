@@ -1,0 +1,1 @@
+"""The admin API on its own port (SPEC §5)."""
