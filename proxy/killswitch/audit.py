@@ -20,6 +20,7 @@ KILL_SWITCH_SYNC_RESTORED = "kill_switch_sync_restored"
 KILL_SWITCH_PUSH_LOST = "kill_switch_push_lost"  # subscription down: resync alone keeps state
 KILL_SWITCH_PUSH_RESTORED = "kill_switch_push_restored"
 KILL_SWITCH_MALFORMED = "kill_switch_malformed"  # a stored entry that is not a kill switch
+KILL_SWITCH_TASK_FAILED = "kill_switch_task_failed"  # a board task ended with an error (a bug)
 
 log = get_logger(__name__)
 

@@ -60,6 +60,9 @@ LEASE_MARGIN_SECONDS = 2.0
 CALLBACK_FORWARD_ATTEMPTS = 3
 CALLBACK_FORWARD_TIMEOUT_SECONDS = 4.0
 CALLBACK_DEDUP_TTL_SECONDS = 24 * 3600.0
+# Every store command is a short script or a key read: seconds are already an outage.
+STORE_CONNECT_TIMEOUT_SECONDS = 1.0
+STORE_TIMEOUT_SECONDS = 2.0
 
 
 @dataclass
@@ -166,9 +169,7 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         embedded = EmbeddedStore(settings.data_dir)
         url = await embedded.start()
         log.info("embedded_store_started", persistent=settings.data_dir is not None)
-    client: RedisClient = (
-        RedisCluster.from_url(url) if settings.redis_cluster else Redis.from_url(url)
-    )
+    client = store_client(url, cluster=settings.redis_cluster)
     app[STORE_URL] = url
     app[REDIS] = client
     try:
@@ -224,7 +225,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
         local_store.append(embedded)
         log.warning("local_store_started", reason="shared-store-down")
-        return SendGuard(SendStore(Redis.from_url(url)), client, policy, metrics, routing)
+        return SendGuard(SendStore(store_client(url)), client, policy, metrics, routing)
 
     failover = StoreFailover(
         shared_guard,
@@ -234,11 +235,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     )
     shared_guard.on_store_error = failover.failed
     # The board's resync and subscription get their own connections, off the hot path's pool.
-    board_redis: RedisClient = (
-        RedisCluster.from_url(app[STORE_URL])
-        if settings.redis_cluster
-        else Redis.from_url(app[STORE_URL])
-    )
+    board_redis = store_client(app[STORE_URL], cluster=settings.redis_cluster, timeout=None)
     board = KillSwitchBoard(
         KillSwitchStore(board_redis),
         config_switches=parse_env_switches(settings.kill_switch or "", time.time()),
@@ -279,6 +276,18 @@ async def _callback_secret(app: web.Application) -> bytes:
     if configured is not None:
         return configured.get_secret_value().encode()
     return await shared_tee_secret(app[REDIS])
+
+
+def store_client(
+    url: str, *, cluster: bool = False, timeout: float | None = STORE_TIMEOUT_SECONDS
+) -> RedisClient:
+    """A store client that fails fast: a black-holed Redis must turn into a store error (and
+    the outage policy) within seconds, never a request hanging on a socket. (The kill switch
+    board's subscription idles on its socket, so it passes timeout=None.)"""
+    connect = STORE_CONNECT_TIMEOUT_SECONDS
+    if cluster:
+        return RedisCluster.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
+    return Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:

@@ -29,7 +29,7 @@ from proxy.errors import Killed, StoreUnavailable
 from proxy.guard.facts import SendFacts, build_facts
 from proxy.guard.routes import RouteMatch
 from proxy.killswitch.board import KillSwitchBoard
-from proxy.killswitch.model import SendAttributes, retry_after
+from proxy.killswitch.model import retry_after
 from proxy.logs import correlation_hash, get_logger, mask_phone
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT
@@ -128,6 +128,9 @@ class StoreFailover:
             self.metrics.store_mode.labels(mode.value).set(1 if mode is self.mode else 0)
 
     async def close(self) -> None:
+        await self.shared.drain()
+        if self._local is not None:
+            await self._local.drain()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,7 +176,7 @@ class SendGate:
 
     def _refuse_if_killed(self, facts: SendFacts) -> None:
         now = time.time()
-        switch = self.board.check(SendAttributes.from_facts(facts), now)
+        switch = self.board.check_facts(facts, now)
         if switch is not None:
             raise Killed(
                 f"sending is stopped by the kill switch {switch.scope.masked()}: {switch.reason}",

@@ -169,6 +169,12 @@ class SendGuard:
         self.callbacks = callbacks
         # Told of every store failure (the gate's failover listens on the shared store's guard).
         self.on_store_error: Callable[[str, str], None] | None = None
+        self._settling: set[asyncio.Future[None]] = set()
+
+    async def drain(self) -> None:
+        """Wait for cancelled sends to finish recording UNKNOWN (before the store closes)."""
+        if self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def handle(
         self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
@@ -359,7 +365,13 @@ class SendGuard:
             raise error(reason=f"upstream-{exc.kind}") from exc
         except asyncio.CancelledError:
             # The request may already be on the wire; settle before letting the cancel through.
-            await asyncio.shield(self._mark_own_unknown(ctx, facts, ref, token, "cancelled"))
+            # The task is tracked so that shutdown waits for it before closing the store.
+            settle = asyncio.ensure_future(
+                self._mark_own_unknown(ctx, facts, ref, token, "cancelled")
+            )
+            self._settling.add(settle)
+            settle.add_done_callback(self._settling.discard)
+            await asyncio.shield(settle)
             raise
         elapsed = time.perf_counter() - started
         ctx.upstream_status = result.status

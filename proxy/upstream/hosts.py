@@ -61,7 +61,7 @@ def select_upstream(
     if not any(fnmatchcase(host, pattern.lower()) for pattern in allowed):
         raise UpstreamRefused(f"upstream host {host!r} is not in the allowlist")
     port_text = found.group("port")
-    if pinned or host == default.host and (port_text is None or int(port_text) == default.port):
+    if pinned or (host == default.host and (port_text is None or int(port_text) == default.port)):
         return default  # the configured upstream keeps its own scheme (e.g. a local http fake)
     port = int(port_text) if port_text else 443
     if not 0 < port < 65536:

@@ -1,0 +1,92 @@
+"""SIGTERM with a send in flight: readiness drops, the send finishes and is recorded, the process
+exits within its grace; a send that cannot finish in time is marked UNKNOWN, never dropped.
+
+A real `sendguard serve` process; the fake Twilio delays its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+
+import aiohttp
+
+from proxy.sandbox import Fault
+from tests.harness import SENDER, post_send
+from tests.servers import free_port
+
+FORM = {"To": "+15558675310", "From": SENDER, "Body": "Shutdown test"}
+
+
+async def start(fake_url: str, redis_url: str, grace: float):
+    port, admin_port = free_port(), free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve",
+        "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+        "--upstream", fake_url, "--redis-url", redis_url, "--shutdown-grace", str(grace),
+        "--log-level", "warning",
+        stdin=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    admin = f"http://127.0.0.1:{admin_port}"
+    deadline = time.monotonic() + 20
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert process.returncode is None, "sendguard exited during startup"
+            try:
+                async with session.get(admin + "/readyz") as ready:
+                    if ready.status == 200:
+                        return process, f"http://127.0.0.1:{port}", admin
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise RuntimeError("sendguard did not start")
+
+
+async def test_sigterm_lets_the_in_flight_send_finish_and_record(
+    fake_twilio, shared_redis_url, proxies, http
+):
+    process, url, admin = await start(fake_twilio.url, shared_redis_url, grace=5)
+    fake_twilio.push_fault(Fault("delay", seconds=1.5))
+    attempt = asyncio.create_task(post_send(http, url, FORM))
+    await fake_twilio.wait_for_creates(1, timeout=10)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    async with http.get(admin + "/readyz") as ready:  # the admin port answers while draining
+        assert ready.status == 503
+        assert (await ready.json())["shutting_down"] is True
+    status, headers, sent = await attempt
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert time.monotonic() - stopped_at < 5 + 2
+    # The outcome was recorded: another instance replays it.
+    other = await proxies.start(upstream=fake_twilio.url, redis_url=shared_redis_url)
+    status, headers, again = await post_send(http, other.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert again["sid"] == sent["sid"]
+    assert fake_twilio.creates == 1
+
+
+async def test_a_send_outliving_the_grace_is_marked_unknown(
+    fake_twilio, shared_redis_url, proxies, http
+):
+    process, url, _ = await start(fake_twilio.url, shared_redis_url, grace=0.5)
+    fake_twilio.push_fault(Fault("hang", seconds=30))
+    attempt = asyncio.create_task(post_send(http, url, FORM))
+    await fake_twilio.wait_for_creates(1, timeout=10)
+    stopped_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    assert time.monotonic() - stopped_at < 0.5 + 3
+    with contextlib.suppress(aiohttp.ClientError):
+        await attempt  # cut off: the client sees an error or a broken connection
+    other = await proxies.start(upstream=fake_twilio.url, redis_url=shared_redis_url)
+    status, headers, body = await post_send(http, other.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"], body["code"]) == (
+        409, "outcome-unknown", 79004,
+    )  # fmt: skip
+    assert fake_twilio.creates == 1

@@ -1,0 +1,134 @@
+"""The shared Redis stops mid-run (SPEC §3.4): `local`, `closed` and `open`, and the way back.
+
+A private server per test (stopped and restarted on the same port), two instances in front of
+it, the fake Twilio counting creates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from structlog.testing import capture_logs
+
+from proxy.server.app import METRICS
+from tests.harness import SENDER, post_send
+from tests.servers import ServerProcess
+
+FORM = {"To": "+15558675310", "From": SENDER, "Body": "during the outage"}
+
+
+@pytest.fixture
+def redis_server():
+    server = ServerProcess()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def start_pair(proxies, fake_twilio, redis_server, policy: str):
+    common = {
+        "upstream": fake_twilio.url,
+        "redis_url": redis_server.url,
+        "on_store_error": policy,
+        "recipient_limits": "off",
+        "admin_token": "t",
+    }
+    return [await proxies.start(**common) for _ in range(2)]
+
+
+async def readyz(http, instance) -> tuple[int, dict]:
+    async with http.get(instance.admin_url + "/readyz") as response:
+        return response.status, await response.json()
+
+
+async def wait_for(condition, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_local_keeps_deduping_within_the_instance_and_returns_to_shared(
+    proxies, fake_twilio, http, redis_server
+):
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, "local")
+    redis_server.stop()
+    with capture_logs() as logs:
+        status, headers, sent = await post_send(http, first.url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+        status, headers, again = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert again["sid"] == sent["sid"]
+    assert fake_twilio.creates == 1
+    assert any(e["event"] == "store_degraded" and e["mode"] == "local" for e in logs)
+    status, ready = await readyz(http, first)
+    assert (status, ready["store_mode"], ready["degraded"]) == (200, "local", True)
+    assert first.app[METRICS].value("sendguard_store_mode", mode="local") == 1
+
+    redis_server.start()
+    await wait_for(lambda: _mode_is(http, first, "shared"))
+    assert first.app[METRICS].value("sendguard_store_mode", mode="shared") == 1
+    other = {**FORM, "Body": "after the outage"}
+    status, headers, _ = await post_send(http, first.url, other)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    _, second = proxies.started[-2:]
+    status, headers, _ = await post_send(http, second.url, other)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")  # shared again
+    assert fake_twilio.creates == 2
+
+
+async def _mode_is(http, instance, mode: str) -> bool:
+    return (await readyz(http, instance))[1]["store_mode"] == mode
+
+
+async def test_closed_refuses_guarded_sends_but_passthrough_flows(
+    proxies, fake_twilio, http, redis_server
+):
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, "closed")
+    redis_server.stop()
+    status, headers, body = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"], body["code"]) == (
+        503, "store-unavailable", 79021,
+    )  # fmt: skip
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (503, "store-unavailable")
+    async with http.get(first.url + "/2010-04-01/Accounts.json") as answer:
+        assert answer.headers["X-Sendguard-Decision"] == "passthrough"
+    assert fake_twilio.creates == 0
+    status, ready = await readyz(http, first)
+    assert (status, ready["store_mode"]) == (503, "closed")
+    redis_server.start()
+    await wait_for(lambda: _mode_is(http, first, "shared"))
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert fake_twilio.creates == 1
+
+
+async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_server):
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, "open")
+    redis_server.stop()
+    with capture_logs() as logs:
+        for _ in range(2):
+            status, headers, _ = await post_send(http, first.url, FORM)
+            assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert fake_twilio.creates == 2  # what `open` means: no dedup while the store is down
+    assert sum(e["event"] == "unguarded_send" for e in logs) == 2
+    assert first.app[METRICS].value("sendguard_store_mode", mode="open") == 1
+    status, ready = await readyz(http, first)
+    assert (status, ready["store_mode"], ready["degraded"]) == (200, "open", True)
+    redis_server.start()
+    await wait_for(lambda: _mode_is(http, first, "shared"))
+    status, headers, _ = await post_send(http, first.url, {**FORM, "Body": "guarded again"})
+    status, headers, _ = await post_send(http, first.url, {**FORM, "Body": "guarded again"})
+    assert headers["X-Sendguard-Decision"] == "replayed"
+    assert fake_twilio.creates == 3
+
+
+async def test_the_embedded_store_has_no_fallback_so_local_means_closed(proxies, fake_twilio):
+    from proxy.server.app import RUNTIME
+    from proxy.server.gate import StoreMode
+
+    alone = await proxies.start(upstream=fake_twilio.url, on_store_error="local")
+    assert alone.app[RUNTIME].failover.fallback is StoreMode.CLOSED
