@@ -393,7 +393,6 @@ def test_the_image_serves_the_proxy_port(container):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="admin listener lands with issue 4")
 def test_the_image_answers_healthz_on_the_admin_port(container):
     wait_until_answering(container)
     status, _ = get(container.admin_url + "/healthz")
@@ -401,7 +400,6 @@ def test_the_image_answers_healthz_on_the_admin_port(container):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="admin listener lands with issue 4")
 def test_the_dockerfile_healthcheck_passes(image, container):
     wait_until_answering(container)
     argv = [*image.healthcheck]
