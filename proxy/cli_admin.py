@@ -35,6 +35,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import Message
 from pathlib import Path
 from typing import IO, Any
 
@@ -158,7 +159,7 @@ class AdminClient:
 
     def _send(
         self, method: str, path: str, data: bytes | None, *, auth: bool
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    ) -> tuple[int, Message, bytes]:
         headers = {"Accept": "application/json", "User-Agent": f"sendguard-cli/{__version__}"}
         if auth and self.token is not None:
             headers["Authorization"] = f"Bearer {self.token}"

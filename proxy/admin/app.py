@@ -256,6 +256,9 @@ async def clear_suppressions(request: web.Request) -> web.Response:
     tag, to = _recipient(params)
     field = params.text("field")
     cleared = await runtime.store.clear_suppressions(tag, [field] if field else [])
+    if field and not cleared:
+        # `list` masks the sender in `field`: the exact field needs the sender in full.
+        return _error(404, "no such suppression field (give it in full: from:<sender>, to, msg:…)")
     author = params.text("author") or "admin-api"
     log.warning(SUPPRESSIONS_CLEARED, account=params.account(), to=mask_phone(to),
                 field=field or "all", cleared=cleared, author=author,

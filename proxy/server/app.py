@@ -40,6 +40,7 @@ from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
 from proxy.store.callback_store import RedisCallbackDeduper, shared_tee_secret
 from proxy.store.embedded import EmbeddedStore
+from proxy.store.fastpack import use_hiredis_packing
 from proxy.store.send_store import RedisClient, SendStore
 from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
 from proxy.upstream.client import UpstreamClient
@@ -287,7 +288,9 @@ def store_client(
     connect = STORE_CONNECT_TIMEOUT_SECONDS
     if cluster:
         return RedisCluster.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
-    return Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
+    client = Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
+    use_hiredis_packing(client.connection_pool)
+    return client
 
 
 def guard_policy(settings: Settings) -> GuardPolicy:
