@@ -66,6 +66,7 @@ async def test_local_keeps_deduping_within_the_instance_and_returns_to_shared(
     status, ready = await readyz(http, first)
     assert (status, ready["store_mode"], ready["degraded"]) == (200, "local", True)
     assert first.app[METRICS].value("sendguard_store_mode", mode="local") == 1
+    assert first.app[METRICS].value("sendguard_store_errors_total", step="claim") == 1
 
     redis_server.start()
     await wait_for(lambda: _mode_is(http, first, "shared"))
