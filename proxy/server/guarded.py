@@ -281,24 +281,13 @@ class SendGuard:
         operator chose delivery over dedup; the log line and the metric say so every time."""
         ctx = request[CONTEXT]
         ctx.decide(Decision.FORWARDED, "store-down-unguarded")
-        headers = upstream_request_headers(
-            request.headers, upstream.authority, identity_encoding=False
-        )
-        started = time.perf_counter()
         try:
-            result = await self._send_within_429_budget(
-                ctx, request.method, upstream_url(upstream, request), headers, body
-            )
+            result = await self._timed_send(request, facts, body, upstream, identity=False)
         except NotSent as exc:
             raise UpstreamUnreachable(reason="connect-failed") from exc
         except SentNoAnswer as exc:
             error = UpstreamTimedOut if exc.kind == "timeout" else UpstreamReset
             raise error(reason=f"upstream-{exc.kind}-unguarded") from exc
-        elapsed = time.perf_counter() - started
-        ctx.upstream_status = result.status
-        ctx.upstream_ms = round(elapsed * 1000, 2)
-        self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
-        self.metrics.sends.labels(facts.account_sid).inc()
         return web.Response(
             status=result.status,
             body=result.body,
@@ -348,14 +337,9 @@ class SendGuard:
         token: str,
     ) -> web.Response:
         ctx.decide(Decision.FORWARDED, "first-attempt")
-        headers = upstream_request_headers(
-            request.headers, upstream.authority, identity_encoding=True
-        )
-        started = time.perf_counter()
         try:
-            result = await self._send_within_429_budget(
-                ctx, request.method, upstream_url(upstream, request), headers, body
-            )
+            # Identity encoding: a stored answer must be replayable to any client.
+            result = await self._timed_send(request, facts, body, upstream, identity=True)
         except NotSent as exc:
             await self._release(ctx, ref, token)
             raise UpstreamUnreachable(reason="connect-failed") from exc
@@ -373,11 +357,6 @@ class SendGuard:
             settle.add_done_callback(self._settling.discard)
             await asyncio.shield(settle)
             raise
-        elapsed = time.perf_counter() - started
-        ctx.upstream_status = result.status
-        ctx.upstream_ms = round(elapsed * 1000, 2)
-        self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
-        self.metrics.sends.labels(facts.account_sid).inc()
         if self.callbacks is not None:
             self.callbacks.learn_credential(request.headers.get("Authorization", ""), result.status)
         outcome = classify_status(result.status)
@@ -394,6 +373,32 @@ class SendGuard:
             body=result.body,
             headers=downstream_response_headers(result.headers),
         )
+
+    async def _timed_send(
+        self,
+        request: web.Request,
+        facts: SendFacts,
+        body: bytes,
+        upstream: Upstream,
+        *,
+        identity: bool,
+    ) -> UpstreamResult:
+        """One send upstream (429s retried within the budget), timed and counted. NotSent and
+        SentNoAnswer propagate: what they mean for the record is the caller's to settle."""
+        ctx = request[CONTEXT]
+        headers = upstream_request_headers(
+            request.headers, upstream.authority, identity_encoding=identity
+        )
+        started = time.perf_counter()
+        result = await self._send_within_429_budget(
+            ctx, request.method, upstream_url(upstream, request), headers, body
+        )
+        elapsed = time.perf_counter() - started
+        ctx.upstream_status = result.status
+        ctx.upstream_ms = round(elapsed * 1000, 2)
+        self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
+        self.metrics.sends.labels(facts.account_sid).inc()
+        return result
 
     async def _send_within_429_budget(
         self, ctx: RequestContext, method: str, url: str, headers: CIMultiDict[str], body: bytes
