@@ -13,6 +13,7 @@ import sys
 import time
 
 import aiohttp
+import pytest
 
 from proxy.sandbox import Fault
 from tests.harness import SENDER, post_send
@@ -59,6 +60,9 @@ async def test_sigterm_lets_the_in_flight_send_finish_and_record(
     async with http.get(admin + "/readyz") as ready:  # the admin port answers while draining
         assert ready.status == 503
         assert (await ready.json())["shutting_down"] is True
+    async with aiohttp.ClientSession() as fresh:  # no new connections on the proxy port
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await post_send(fresh, url, {**FORM, "Body": "too late"})
     status, headers, sent = await attempt
     assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
     assert await asyncio.wait_for(process.wait(), 10) == 0
