@@ -133,3 +133,20 @@ async def test_the_embedded_store_has_no_fallback_so_local_means_closed(proxies,
 
     alone = await proxies.start(upstream=fake_twilio.url, on_store_error="local")
     assert alone.app[RUNTIME].failover.fallback is StoreMode.CLOSED
+
+
+async def test_a_quick_redis_restart_is_absorbed_without_leaving_shared_mode(
+    proxies, fake_twilio, http, redis_server
+):
+    """Every pooled connection is dead once after a restart: one retry, no mode flip (with
+    `closed`, a flip would answer 503)."""
+    first, second = await start_pair(proxies, fake_twilio, redis_server, "closed")
+    for instance in (first, second):
+        await post_send(http, instance.url, {**FORM, "Body": f"warm {instance.url}"})
+    redis_server.stop()
+    redis_server.start()
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    status, headers, _ = await post_send(http, second.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert first.app[METRICS].value("sendguard_store_mode", mode="shared") == 1

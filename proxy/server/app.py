@@ -15,6 +15,9 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.decision import Decision
 from proxy.errors import (
@@ -288,7 +291,13 @@ def store_client(
     connect = STORE_CONNECT_TIMEOUT_SECONDS
     if cluster:
         return RedisCluster.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
-    client = Redis.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
+    # One immediate retry on a dropped connection: after a Redis restart every pooled connection
+    # is dead once. Every script is safe to run twice (tests/test_scripts.py): a claim that did
+    # run finds its own record and is answered in-flight, never sent twice.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    client = Redis.from_url(
+        url, socket_connect_timeout=connect, socket_timeout=timeout, retry=retry
+    )
     use_hiredis_packing(client.connection_pool)
     return client
 
