@@ -23,7 +23,6 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -36,6 +35,7 @@ from proxy.killswitch import KillSwitch, Scope
 from proxy.logs import get_logger, mask_phone
 from proxy.server.app import METRICS, RUNTIME, SETTINGS, Runtime
 from proxy.server.gate import StoreMode
+from proxy.settings import Settings
 from proxy.store.send_store import SendRef, StoreError, key_lookup_id
 
 log = get_logger("sendguard.admin")
@@ -118,7 +118,7 @@ def _runtime(request: web.Request) -> Runtime:
     return proxy_app[RUNTIME]
 
 
-def _runtime_settings(request: web.Request) -> Any:
+def _runtime_settings(request: web.Request) -> Settings:
     return request.app[PROXY_APP][SETTINGS]
 
 

@@ -42,10 +42,7 @@ def suppressions_view(snapshot: RecipientSnapshot, now_ms: int) -> list[dict[str
             {
                 "field": mask_phones_in(field),
                 "scope": _SCOPE_NAMES.get(kind, kind),
-                # A sender is a From number or an MG… SID: a number is someone's phone.
-                "sender": mask_phone(detail)
-                if kind == "from" and detail[:1] == "+"
-                else (detail if kind == "from" else None),
+                "sender": _sender_view(detail) if kind == "from" else None,
                 "code": suppression.code,
                 "source": suppression.source,
                 "until": iso_ms(suppression.until_ms),
@@ -53,6 +50,11 @@ def suppressions_view(snapshot: RecipientSnapshot, now_ms: int) -> list[dict[str
             }
         )
     return views
+
+
+def _sender_view(sender: str) -> str:
+    # A sender is a From number, a sender ID or an MG… SID: only a number is someone's phone.
+    return mask_phone(sender) if sender.startswith("+") else sender
 
 
 def breaker_view(
@@ -83,8 +85,8 @@ def record_view(record: DedupRecord) -> dict[str, Any]:
     meta = dict(record.meta or {})
     if meta.get("to"):
         meta["to"] = mask_phone(str(meta["to"]))
-    if str(meta.get("from", "")).startswith("+"):
-        meta["from"] = mask_phone(str(meta["from"]))
+    if meta.get("from"):
+        meta["from"] = _sender_view(str(meta["from"]))
     response = record.response
     return {
         "state": record.state.value,
