@@ -128,9 +128,10 @@ class StoreFailover:
             self.metrics.store_mode.labels(mode.value).set(1 if mode is self.mode else 0)
 
     async def close(self) -> None:
-        await self.shared.drain()
-        if self._local is not None:
-            await self._local.drain()
+        for guard in (self.shared, self._local):
+            if guard is not None:
+                await guard.drain()
+                await guard.store.drain()
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):

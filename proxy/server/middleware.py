@@ -3,6 +3,7 @@ error rendering (Twilio-shaped, never a traceback) and the one `request_finished
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -74,8 +75,10 @@ async def proxy_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def _log_finished(request: web.Request, ctx: RequestContext, status: int) -> None:
-    duration_ms = round((time.perf_counter() - ctx.started) * 1000, 2)
     level = "info" if status < 500 else "warning"
+    if level == "info" and not log.is_enabled_for(logging.INFO):
+        return  # at `warning`, skip building a line nobody prints (hot path)
+    duration_ms = round((time.perf_counter() - ctx.started) * 1000, 2)
     getattr(log, level)(
         REQUEST_FINISHED,
         request_id=ctx.request_id,

@@ -11,23 +11,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from proxy.guard.dedup import DedupRecord, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
 from proxy.store import keys, scripts
+from proxy.store.batching import AutoPipeline, Step
 
 RedisClient = Redis | RedisCluster
-# A pipeline step: a script with its keys and args, or a plain command queued on the pipeline.
-PipelineStep = tuple[AsyncScript, Sequence[str], Sequence[str | int | bytes]] | Callable[[Any], Any]
 MESSAGE_INDEX_TTL_MS = 7 * 86_400_000
 
 
@@ -102,6 +100,8 @@ class SendStore:
         self._release = redis.register_script(scripts.RELEASE)
         self._mark_unknown = redis.register_script(scripts.MARK_UNKNOWN)
         self._account_admit = redis.register_script(scripts.ACCOUNT_ADMIT)
+        # The hot path's calls are auto-pipelined on a standalone Redis (batching.py).
+        self._batch = None if isinstance(redis, RedisCluster) else AutoPipeline(redis)
 
     async def claim(self, ref: SendRef, request: ClaimRequest) -> ClaimResult:
         claim_keys = [
@@ -148,8 +148,10 @@ class SendStore:
                         lambda pipe: pipe.set(lookup_key, lookup_value, px=request.ttl_ms),
                     )
                 key_owner = cast(bytes, owner).decode() if owner else None
-            else:
+            elif self._batch is None:
                 reply = await self._claim(keys=claim_keys, args=args)
+            else:
+                (reply,) = await self._pipelined((self._claim, claim_keys, args))
         reply = cast(list[bytes], reply)
         now_ms = int(reply[1])
         if reply[0] == b"claimed":
@@ -158,22 +160,13 @@ class SendStore:
         fields = {reply[i].decode(): reply[i + 1] for i in range(2, len(reply), 2)}
         return ClaimResult(False, now_ms, DedupRecord.from_hash(fields), None, key_owner)
 
-    async def _pipelined(self, *steps: PipelineStep) -> list[Any]:
-        """One round trip for a script and plain commands (standalone Redis only).
-
-        redis-py's Script objects run `SCRIPT EXISTS` before every pipeline that holds one:
-        a hidden extra round trip. EVALSHA goes in as a plain command instead. A NOSCRIPT
-        (the server restarted and lost its scripts) loads the script and runs just the script
-        again; the plain commands' answers from the first run stand.
-        """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for step in steps:
-                if isinstance(step, tuple):
-                    script, script_keys, script_args = step
-                    pipe.evalsha(script.sha, len(script_keys), *script_keys, *script_args)
-                else:
-                    step(pipe)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+    async def _pipelined(self, *steps: Step) -> list[Any]:
+        """One round trip for a script and plain commands (standalone Redis only), batched
+        with other sends' calls of the same loop turn (batching.py). A NOSCRIPT (the server
+        restarted and lost its scripts) loads the script and runs just the script again; the
+        plain commands' answers from the first run stand."""
+        assert self._batch is not None
+        results = await self._batch.execute(steps)
         for index, (step, result) in enumerate(zip(steps, results, strict=True)):
             if isinstance(result, NoScriptError) and isinstance(step, tuple):
                 script, script_keys, script_args = step
@@ -181,6 +174,10 @@ class SendStore:
             elif isinstance(result, Exception):
                 raise result
         return results
+
+    async def drain(self) -> None:
+        if self._batch is not None:
+            await self._batch.drain()
 
     async def complete(
         self,
@@ -212,7 +209,10 @@ class SendStore:
         ]
         async with translate_store_errors():
             if not message_sid:
-                return int(await self._complete(keys=complete_keys, args=args))
+                if self._batch is None:
+                    return int(await self._complete(keys=complete_keys, args=args))
+                (done,) = await self._pipelined((self._complete, complete_keys, args))
+                return int(done)
             # The SID index (for the admin API) rides along in the same round trip.
             sid_key, sid_value = keys.message_ref(message_sid), f"{ref.tag} {ref.dedup_id}"
             if isinstance(self.redis, RedisCluster):
