@@ -73,6 +73,11 @@ class Metrics:
             ["account"],
             registry=self.registry,
         )
+        self.unguarded_sends = Counter(
+            "sendguard_unguarded_sends",
+            "Sends forwarded without dedup or limits (store down, on_store_error=open).",
+            registry=self.registry,
+        )
         self.kill_switch_engaged = Gauge(
             "sendguard_kill_switch_engaged",
             "Kill switches in force on this instance, by scope kind.",

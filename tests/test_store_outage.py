@@ -117,6 +117,7 @@ async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_
     assert fake_twilio.creates == 2  # what `open` means: no dedup while the store is down
     assert sum(e["event"] == "unguarded_send" for e in logs) == 2
     assert first.app[METRICS].value("sendguard_store_mode", mode="open") == 1
+    assert first.app[METRICS].value("sendguard_unguarded_sends_total") == 2
     status, ready = await readyz(http, first)
     assert (status, ready["store_mode"], ready["degraded"]) == (200, "open", True)
     redis_server.start()

@@ -191,5 +191,6 @@ class SendGate:
         if self.failover.mode is StoreMode.OPEN:
             log.warning(UNGUARDED_SEND, request_id=request[CONTEXT].request_id,
                         account=facts.account_sid, to=mask_phone(facts.to))  # fmt: skip
+            self.metrics.unguarded_sends.inc()
             return await self.failover.shared.forward_unguarded(request, facts, body, upstream)
         raise StoreUnavailable(reason=f"store-down-{self.failover.mode.value}")
