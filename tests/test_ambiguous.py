@@ -149,3 +149,29 @@ async def test_duplicate_waiting_on_an_attempt_that_turns_unknown_gets_409(
     assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
     assert (await original)[0] == 504
     assert fake_twilio.creates == 1
+
+
+async def test_a_claim_whose_answer_was_lost_and_retried_is_recognised_as_ours(
+    proxies, fake_twilio, http, shared_redis_url, monkeypatch
+):
+    """The store ran the claim, the answer was lost, the client retried: the second run finds
+    a claim holding our own token. That is not a duplicate in flight: nothing was sent yet."""
+    from proxy.store.send_store import SendStore
+
+    original = SendStore.claim
+    lost = []
+
+    async def claim_twice(self, ref, request):
+        if not lost:  # the first claim's answer is lost once, then the client's retry runs
+            lost.append(await original(self, ref, request))
+        return await original(self, ref, request)
+
+    monkeypatch.setattr(SendStore, "claim", claim_twice)
+    proxy = await proxies.start(
+        upstream=fake_twilio.url, redis_url=shared_redis_url, inflight_wait=0.5
+    )
+    status, headers, _ = await post_send(http, proxy.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    status, headers, _ = await post_send(http, proxy.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert fake_twilio.creates == 1

@@ -40,7 +40,15 @@ from proxy.errors import (
     UpstreamTimedOut,
     UpstreamUnreachable,
 )
-from proxy.guard.dedup import Action, DedupRecord, Outcome, StoredResponse, classify_status, decide
+from proxy.guard.dedup import (
+    Action,
+    DedupRecord,
+    Outcome,
+    RecordState,
+    StoredResponse,
+    classify_status,
+    decide,
+)
 from proxy.guard.facts import SendFacts
 from proxy.guard.protection import (
     AccountCeiling,
@@ -202,6 +210,12 @@ class SendGuard:
                 if self.callbacks is not None:
                     body = self.callbacks.outbound_body(facts, body)
                 return await self._forward(request, ctx, facts, ref, body, upstream, token)
+            mine = claim.record
+            if mine is not None and mine.token == token and mine.state is RecordState.IN_FLIGHT:
+                # Our own claim, run twice: its first answer was lost and the client retried
+                # it. Nothing was sent; hand it back and claim afresh for a full verdict.
+                await self._release(ctx, ref, token)
+                continue
             decision = decide(
                 claim.record,
                 payload_hash=facts.payload_hash,
