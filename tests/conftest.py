@@ -110,10 +110,5 @@ async def two_proxies(store_mode, proxies, fake_twilio, shared_redis_url):
     """Two sendguard instances sharing one store: the embedded one of the first instance, or a
     shared server. Same settings otherwise; both point at the fake Twilio."""
     common = {"upstream": fake_twilio.url, "upstream_read_timeout": 2.0, "inflight_wait": 3.0}
-    if store_mode == "embedded":
-        first = await proxies.start(**common)
-        second = await proxies.start(redis_url=first.store_url, **common)
-    else:
-        first = await proxies.start(redis_url=shared_redis_url, **common)
-        second = await proxies.start(redis_url=shared_redis_url, **common)
+    first, second = await proxies.start_pair(store_mode, shared_redis_url, **common)
     return first, second

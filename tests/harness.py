@@ -64,6 +64,16 @@ class ProxyFactory:
         self.started.append(instance)
         return instance
 
+    async def start_pair(
+        self, store_mode: str, shared_redis_url: str, **common: Any
+    ) -> tuple[ProxyInstance, ProxyInstance]:
+        """Two instances sharing one store: the first one's embedded store, or a shared server."""
+        if store_mode == "embedded":
+            first = await self.start(**common)
+            return first, await self.start(redis_url=first.store_url, **common)
+        first = await self.start(redis_url=shared_redis_url, **common)
+        return first, await self.start(redis_url=shared_redis_url, **common)
+
     async def stop_all(self) -> None:
         for instance in reversed(self.started):
             await instance.runner.cleanup()

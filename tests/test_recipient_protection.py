@@ -28,12 +28,7 @@ async def limited(store_mode, proxies, fake_twilio, shared_redis_url):
         "breaker_cooldown": 1.0,
         "inflight_wait": 1.0,
     }
-    if store_mode == "embedded":
-        first = await proxies.start(**common)
-        second = await proxies.start(redis_url=first.store_url, **common)
-    else:
-        first = await proxies.start(redis_url=shared_redis_url, **common)
-        second = await proxies.start(redis_url=shared_redis_url, **common)
+    first, second = await proxies.start_pair(store_mode, shared_redis_url, **common)
     return first, second
 
 
@@ -210,12 +205,7 @@ async def test_the_account_ceiling_counts_across_instances_and_recipients(
     store_mode, proxies, fake_twilio, http, shared_redis_url
 ):
     common = {"upstream": fake_twilio.url, "account_limits": "4/h", "recipient_limits": "off"}
-    if store_mode == "embedded":
-        first = await proxies.start(**common)
-        second = await proxies.start(redis_url=first.store_url, **common)
-    else:
-        first = await proxies.start(redis_url=shared_redis_url, **common)
-        second = await proxies.start(redis_url=shared_redis_url, **common)
+    first, second = await proxies.start_pair(store_mode, shared_redis_url, **common)
     recipients = [f"+1555867{5400 + i}" for i in range(6)]
     for i, to in enumerate(recipients[:4]):
         status, headers, _ = await post_send(http, (first, second)[i % 2].url, form(to, "hi"))
