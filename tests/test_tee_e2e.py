@@ -84,12 +84,13 @@ def callback_to_app(receiver: AppReceiver, status: str) -> tuple[dict[str, str],
 
 async def replay_attempt(
     http: aiohttp.ClientSession, base: str, attempt: CallbackAttempt, **changes: str
-) -> tuple[int, bytes]:
-    """Re-deliver a callback the sandbox sent, to `base` (an instance), optionally altered."""
+) -> tuple[int, bytes, str]:
+    """Re-deliver a callback the sandbox sent, to `base` (an instance), optionally altered:
+    status, body and sendguard's decision."""
     path = attempt.url.split("://", 1)[1].split("/", 1)[1]
     headers = {**attempt.headers, **changes}
     async with http.post(f"{base}/{path}", data=attempt.params, headers=headers) as response:
-        return response.status, await response.read()
+        return response.status, await response.read(), response.headers["X-Sendguard-Decision"]
 
 
 async def test_a_30007_callback_reaches_the_app_re_signed_and_suppresses_the_resend(
@@ -143,15 +144,15 @@ async def test_a_redelivered_callback_is_forwarded_once_by_any_instance(
     assert len(app_receiver.received) == 2
     delivered = fake_twilio.callbacks_sent[-1]
     # Twilio retries the same event (same idempotency token) at the other instance.
-    status, _ = await replay_attempt(http, second.url, delivered)
-    assert status == 200
-    status, _ = await replay_attempt(http, first.url, delivered)
+    status, _, decision = await replay_attempt(http, second.url, delivered)
+    assert (status, decision) == (200, "callback")
+    status, _, _ = await replay_attempt(http, first.url, delivered)
     assert status == 200
     assert len(app_receiver.received) == 2
     # A new event (new token) with the same signature is a new delivery: forwarded.
     new_token = {"I-Twilio-Idempotency-Token": "another-event"}
-    status, _ = await replay_attempt(http, second.url, delivered, **new_token)
-    assert status == 204
+    status, _, decision = await replay_attempt(http, second.url, delivered, **new_token)
+    assert (status, decision) == (204, "callback")  # the app's own answer
     assert len(app_receiver.received) == 3
 
 
@@ -164,8 +165,8 @@ async def test_a_bad_signature_is_refused_and_nothing_is_forwarded(
     attempt = fake_twilio.callbacks_sent[0]
     forged = {"X-Twilio-Signature": "Zm9yZ2VkIHNpZ25hdHVyZQ==", "I-Twilio-Idempotency-Token": "x"}
     for base in (first.url, second.url):
-        status, body = await replay_attempt(http, base, attempt, **forged)
-        assert status == 403
+        status, body, decision = await replay_attempt(http, base, attempt, **forged)
+        assert (status, decision) == (403, "refused")
         assert b"79040" in body
     assert len(app_receiver.received) == 2
 

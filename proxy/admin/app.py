@@ -270,7 +270,7 @@ async def show_breaker(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     tag, to = _recipient(await Params.of(request))
     snapshot = await runtime.store.recipient_snapshot(tag)
-    policy = runtime.gate.failover.shared.policy.protection
+    policy = runtime.failover.shared.policy.protection
     view = views.breaker_view(snapshot, policy, int(time.time() * 1000))
     return web.json_response({"to": mask_phone(to), **view})
 

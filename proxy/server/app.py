@@ -20,15 +20,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from proxy.decision import Decision
-from proxy.errors import (
-    BodyTooLarge,
-    CallbackForbidden,
-    CallbackMethodNotAllowed,
-    CallbackUndeliverable,
-    InternalError,
-    InvalidRequest,
-    TeeDisabled,
-)
+from proxy.errors import BodyTooLarge, TeeDisabled
 from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, ProtectionPolicy
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.guard.suppression import parse_rules as parse_suppression_rules
@@ -46,6 +38,7 @@ from proxy.store.embedded import EmbeddedStore
 from proxy.store.fastpack import use_hiredis_packing
 from proxy.store.send_store import RedisClient, SendStore
 from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
+from proxy.tee.handler import REFUSAL
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
@@ -126,19 +119,13 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     tee = request.app[RUNTIME].tee
     if tee is None:
         raise TeeDisabled(reason="tee-off")
-    ctx = request[CONTEXT]
     response = await tee.handle(request)
-    ctx.decide(_CALLBACK_DECISIONS.get(response.status, Decision.CALLBACK), "status-callback")
+    refusal = request.get(REFUSAL)
+    if refusal is not None:
+        request[CONTEXT].decide(refusal.decision, refusal.reason)
+    else:
+        request[CONTEXT].decide(Decision.CALLBACK, "status-callback")
     return response
-
-
-_CALLBACK_DECISIONS = {
-    CallbackForbidden.status: CallbackForbidden.decision,
-    CallbackUndeliverable.status: CallbackUndeliverable.decision,
-    CallbackMethodNotAllowed.status: CallbackMethodNotAllowed.decision,
-    InvalidRequest.status: InvalidRequest.decision,
-    InternalError.status: InternalError.decision,
-}
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -33,6 +33,8 @@ _MESSAGE_READ_RE = re.compile(
     r"/2010-04-01/Accounts/AC[0-9a-fA-F]{32}/Messages(?:/[SM]M[0-9a-fA-F]{32})?\.json",
     re.IGNORECASE,
 )
+# Waits (seconds) for a send's record when its callback arrived first: under a second in all.
+CONTENT_WAITS = (0.05, 0.1, 0.2, 0.4)
 MAX_PENDING = 256  # background learning tasks; beyond this, new ones are dropped (and logged)
 
 
@@ -81,7 +83,8 @@ class SuppressionLearner:
             return
         tag = recipient_tag(status.account_sid, normalise_recipient(status.to))
         try:
-            content = await self.store.content_of(tag, status.message_sid) or ""
+            needs_content = self.rules[status.error_code].scope == "message"
+            content = await self._content_of(tag, status.message_sid) if needs_content else ""
         except StoreError as exc:
             log.error("store_error", step="content_of", error=str(exc))
             return
@@ -89,6 +92,17 @@ class SuppressionLearner:
             status.account_sid, status.message_sid, status.to, status.sender, "", status.error_code
         )
         await self._learn(message, content, source="callback")
+
+    async def _content_of(self, tag: str, message_sid: str) -> str:
+        """The content recorded for a SID at the send's completion. A fast failure's callback
+        can overtake that record (Twilio answers, calls back, and only then does sendguard
+        write): wait for it briefly before giving up on the message scope."""
+        for pause in CONTENT_WAITS:
+            content = await self.store.content_of(tag, message_sid)
+            if content:
+                return content
+            await asyncio.sleep(pause)
+        return await self.store.content_of(tag, message_sid) or ""
 
     async def _learn(self, message: MessageFacts, content: str, *, source: str) -> None:
         learned = learn(

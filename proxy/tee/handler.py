@@ -72,6 +72,8 @@ _MAX_FORM_FIELDS = 1000
 _MAX_APP_ANSWER_BYTES = 64 * 1024
 _MAX_IDEMPOTENCY_TOKEN_CHARS = 256
 _NO_BODY_STATUSES = frozenset({204, 304})
+# The error a callback was answered with, when the tee refused it (absent: the app's answer).
+REFUSAL: web.RequestKey[SendguardError] = web.RequestKey("sendguard_callback_refusal")
 
 
 # -- outcomes and errors ---------------------------------------------------------------------
@@ -228,6 +230,7 @@ class CallbackTee:
             response = await self._handle(request, trace)
         except SendguardError as error:
             trace.outcome = error.reason
+            request[REFUSAL] = error
             response = _render(error)
         except web.HTTPException as http_error:  # aiohttp's own, e.g. 413 for a huge body
             trace.outcome = f"http-{http_error.status}"
@@ -237,6 +240,7 @@ class CallbackTee:
             internal = InternalError()
             trace.outcome = internal.reason
             trace.failure = type(exc).__name__
+            request[REFUSAL] = internal
             response = _render(internal)
         _log_callback(trace, response.status, started)
         return response
