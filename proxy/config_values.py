@@ -94,6 +94,20 @@ def check_http_url(value: str, *, allow_path: bool) -> str:
 
 
 def check_redis_url(value: str) -> str:
+    """One URL, or several comma-separated (a cluster's seed nodes); each is checked."""
+    seeds = [seed.strip() for seed in value.split(",")]
+    if len(seeds) > 1:
+        for seed in seeds:
+            if not seed:
+                raise ValueError("empty seed URL in a comma-separated list")
+            _check_one_redis_url(seed)
+            if urlsplit(seed).scheme == "unix":
+                raise ValueError("cluster seeds are redis:// or rediss:// URLs, not unix://")
+        return ",".join(seeds)
+    return _check_one_redis_url(value)
+
+
+def _check_one_redis_url(value: str) -> str:
     # Never echo the URL: it may carry a password.
     try:
         parts = urlsplit(value)

@@ -91,6 +91,23 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.store_up = Gauge(
+            "sendguard_store_up",
+            "1 while the health prober reaches the store (every master of a cluster), else 0.",
+            registry=self.registry,
+        )
+        self.embedded_store_restarts = Counter(
+            "sendguard_embedded_store_restarts",
+            "Times the embedded store's server process died and was restarted.",
+            registry=self.registry,
+        )
+        self.pending_outcome_writes = Gauge(
+            "sendguard_pending_outcome_writes",
+            "Outcomes of sends already made that the store has not accepted yet (kept in memory,"
+            " retried).",
+            registry=self.registry,
+        )
+
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when never observed): for tests and the CLI."""
         found = self.registry.get_sample_value(name, labels)

@@ -213,7 +213,13 @@ class Settings(BaseSettings):
         description="Senders (From or MG…) that pass every kill switch, comma-separated.",
     )
     on_store_error: Literal["local", "closed", "open"] = Field(
-        "local", description="Store outage policy: local, closed or open."
+        "closed", description="Store outage policy: closed, local or open."
+    )
+    ready_requires_store: bool = Field(
+        False, description="/readyz fails while the store is unreachable (standalone)."
+    )
+    store_outage_after: PositiveDuration = Field(
+        3.0, description="How long the store must be unreachable before the outage policy engages."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level: debug, info, warning or error."

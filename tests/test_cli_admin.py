@@ -351,7 +351,8 @@ async def test_status(pair, http):
     assert (counts["forwarded"], counts["replayed"]) == ("1", "1")
     body = ok(raw).json()
     assert body["readyz"] == {
-        "ready": True, "store_mode": "shared", "degraded": False, "shutting_down": False
+        "ready": True, "store_mode": "shared", "store_up": True, "degraded": False,
+        "shutting_down": False,
     }  # fmt: skip
     assert body["status"]["store_mode"] == "shared"
     assert [s["scope"] for s in body["status"]["kill_switches"]] == ["prefix:+44"]

@@ -1,5 +1,7 @@
 """Facts of a send: key validation, canonical form, fingerprint identity and credential scope."""
 
+from urllib.parse import urlencode
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -100,11 +102,64 @@ def test_keyed_and_keyless_identities_never_collide():
         ("+1.555.010.0000", "+15550100000"),
         ("0015550100000", "+15550100000"),
         ("WhatsApp:+1 555 010 0000", "whatsapp:+15550100000"),
+        ("WHATSAPP: 00 1 555 010 0000", "whatsapp:+15550100000"),
+        ("555 010-0000", "5550100000"),  # national: separators go, no country code is guessed
         ("", ""),
+        # Not phone numbers: exactly as sent, apart from the case of the scheme.
+        ("client:agent-1", "client:agent-1"),
+        ("Client:agent-1", "client:agent-1"),
+        ("sip:alice.b@ex.com", "sip:alice.b@ex.com"),
+        ("SIP:Alice.B@Ex.com", "sip:Alice.B@Ex.com"),
+        ("client:+1 555 010 0000", "client:+1 555 010 0000"),  # a Client identity, not a number
+        ("+1 555 CALL NOW", "+1 555 CALL NOW"),
+        ("Alice Smith:x", "Alice Smith:x"),  # not a scheme: nothing folded
     ],
 )
 def test_normalise_recipient(raw, normal):
     assert normalise_recipient(raw) == normal
+    assert normalise_recipient(normal) == normal
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        ("client:agent-1", "client:agent1"),
+        ("sip:alice.b@ex.com", "sip:aliceb@ex.com"),
+        ("sip:alice@ex.com", "sip:alice@ex.com "),
+        ("client:+1 555 010 0000", "client:+15550100000"),
+        ("+15550100000", "15550100000"),
+        ("+15550100000", "5550100000"),
+        ("+15550100000", "whatsapp:+15550100000"),  # another channel, another message
+    ],
+)
+def test_different_recipients_are_different_fingerprints(one, other):
+    def send(to: str) -> str:
+        return facts(urlencode({"To": to, "Body": "x"}).encode()).dedup_id
+
+    assert normalise_recipient(one) != normalise_recipient(other)
+    assert send(one) != send(other)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"To=%2B15550100000&Body=x&",
+        b"&To=%2B15550100000&Body=x",
+        b"To=%2B15550100000&&Body=x",
+        b"&&To=%2B15550100000&&&Body=x&&",
+    ],
+)
+def test_empty_form_segments_are_ignored(body):
+    plain = facts(b"To=%2B15550100000&Body=x")
+    padded = facts(body)
+    assert padded.form == plain.form == (("To", "+15550100000"), ("Body", "x"))
+    assert padded.dedup_id == plain.dedup_id
+    assert padded.payload_hash == plain.payload_hash
+
+
+@pytest.mark.parametrize("body", [b"&", b"&&&"])
+def test_a_body_of_empty_segments_is_an_empty_form(body):
+    assert parse_form(body, FORM) == ()
 
 
 @pytest.mark.parametrize(
@@ -113,6 +168,7 @@ def test_normalise_recipient(raw, normal):
         (b"\xff\xfe", FORM),
         (b"a=%ZZ&&&", FORM),
         (b"no-equals-sign", FORM),
+        (b"To=1&no-equals-sign&", FORM),
         (b'{"To": "+1"}', "application/json"),
     ],
 )

@@ -92,6 +92,9 @@ def test_scope_parses_to_canonical_text(text, canonical):
         ("recipient:+1555010000012345", "E.164"),
         ("recipient:whatsapp:+15550100000", "channel prefix"),
         ("recipient:+1555abc", "E.164"),
+        ("recipient:client:agent-1", "not a phone number"),  # no recipient scope for names
+        ("recipient:sip:+15550100000@ex.com", "not a phone number"),
+        ("recipient:client:+15550100000", "not a phone number"),
         ("prefix:44", "'+' and 1-6 digits"),
         ("prefix:+0", "not starting with 0"),
         ("prefix:+1234567", "'+' and 1-6 digits"),
@@ -267,11 +270,49 @@ def attrs(account=AC, sender="+14155550100", to=TO) -> SendAttributes:
         ("prefix:+1", attrs(to="+15550100000"), True),
         ("prefix:+44", attrs(to="+15550100000"), False),
         ("prefix:+44", attrs(to=""), False),
+        # Numbers are read as facts.py reads a To: any separators, 00, any channel-prefix case.
+        ("recipient:+1 (555) 010-0000", attrs(to="WhatsApp:+15550100000"), True),
+        ("recipient:+15550100000", attrs(to="WHATSAPP:+1 (555) 010-0000"), True),
+        ("recipient:+15550100000", attrs(to="00 1 555 010 0000"), True),
+        ("prefix:+1", attrs(to="WhatsApp:+1 555 010 0000"), True),
+        # A national number (no + or 00) is another identity: no country code is guessed.
+        ("recipient:+15550100000", attrs(to="5550100000"), False),
+        ("prefix:+1", attrs(to="15550100000"), False),
+        # Not phone numbers, even when they look like one: names and URIs are not recipients
+        # of a recipient or prefix scope.
+        ("recipient:+15550100000", attrs(to="client:+15550100000"), False),
+        ("recipient:+15550100000", attrs(to="sip:+15550100000@ex.com"), False),
+        ("prefix:+1", attrs(to="client:+15550100000"), False),
+        ("prefix:+1", attrs(to="+1555abc"), False),
+        ("global", attrs(to="client:agent-1"), True),
     ],
 )
 def test_each_scope_blocks_only_its_scope(scope, send, blocked):
     engaged = switch(scope)
     assert match([engaged], send, frozenset(), NOW) == (engaged if blocked else None)
+
+
+@pytest.mark.parametrize(
+    ("to", "recipient"),
+    [
+        ("+44 7700 900123", TO),
+        ("WhatsApp:" + TO, TO),
+        ("0044 7700 900123", TO),
+        ("07700 900123", "07700900123"),  # national: separators go, no country code is added
+        ("client:agent-1", ""),
+        ("client:" + TO, ""),
+        ("sip:alice.b@ex.com", ""),
+        ("", ""),
+    ],
+)
+def test_send_attributes_hold_the_phone_number_of_the_to(to, recipient):
+    assert attrs(to=to).recipient == recipient
+
+
+def test_sender_key_keeps_non_phone_addresses_apart():
+    # A Client identity is not the alphanumeric sender ID its letters spell once the '-' goes.
+    assert sender_key("client:agent-1") != sender_key("client:agent1")
+    assert sender_key("WhatsApp:+1 (415) 555-0100") == "+14155550100"
 
 
 def test_nothing_engaged_blocks_nothing():

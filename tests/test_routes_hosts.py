@@ -49,7 +49,7 @@ ALLOW = ["*.twilio.com"]
         ("API.Twilio.com", "https://api.twilio.com"),
         ("api.sydney.au1.twilio.com", "https://api.sydney.au1.twilio.com"),
         ("messaging.twilio.com:443", "https://messaging.twilio.com"),
-        ("verify.twilio.com:8443", "https://verify.twilio.com:8443"),
+        ("api.twilio.com:443", "https://api.twilio.com"),
     ],
 )
 def test_allowed_upstreams(header, origin):
@@ -71,6 +71,11 @@ def test_allowed_upstreams(header, origin):
         "[::1]",
         "api.twilio.com:99999",
         "api.twilio.com:0",
+        "verify.twilio.com:8443",  # allowlisted hosts are reached on 443 only
+        "api.twilio.com:80",
+        "api.twilio.com:8080",
+        "messaging.twilio.com:22",
+        "api.twilio.com:0443x",
         "",
         "a" * 300 + ".twilio.com",
     ],
@@ -91,3 +96,29 @@ def test_the_sandbox_pins_every_allowed_host_to_itself():
         assert select_upstream(header, sandbox, ALLOW, pinned=True) is sandbox
     with pytest.raises(UpstreamRefused):  # the allowlist still applies
         select_upstream("evil.example.com", sandbox, ALLOW, pinned=True)
+
+
+@pytest.mark.parametrize("header", ["127.0.0.1:9001", "127.0.0.1:80", "127.0.0.1:6379"])
+def test_the_default_host_on_another_port_is_refused(header):
+    """Only the configured default upstream, exactly host:port, may be on a port other than 443:
+    an allowlist naming a local host opens no other local port."""
+    local = Upstream.from_url("http://127.0.0.1:9000")
+    with pytest.raises(UpstreamRefused):
+        select_upstream(header, local, ["127.0.0.1"])
+
+
+def test_a_default_upstream_on_its_own_port_is_reached_as_configured():
+    gateway = Upstream.from_url("https://api.twilio.com:8443")
+    for header in ("api.twilio.com:8443", "api.twilio.com", "API.twilio.com:8443"):
+        assert select_upstream(header, gateway, ALLOW) is gateway
+    assert select_upstream("api.twilio.com:443", gateway, ALLOW).origin == "https://api.twilio.com"
+    with pytest.raises(UpstreamRefused):
+        select_upstream("api.twilio.com:9443", gateway, ALLOW)
+    with pytest.raises(UpstreamRefused):
+        select_upstream("messaging.twilio.com:8443", gateway, ALLOW)
+
+
+def test_the_sandbox_refuses_other_ports_too():
+    sandbox = Upstream("http", "127.0.0.1", 9000)
+    with pytest.raises(UpstreamRefused):
+        select_upstream("api.twilio.com:8443", sandbox, ALLOW, pinned=True)

@@ -11,7 +11,8 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from proxy.server.app import METRICS
+from proxy.server.app import METRICS, RUNTIME
+from proxy.server.gate import StoreMode
 from tests.harness import SENDER, post_send
 from tests.servers import ServerProcess
 
@@ -26,14 +27,19 @@ def redis_server():
     server.stop()
 
 
-async def start_pair(proxies, fake_twilio, redis_server, policy: str):
+OUTAGE_AFTER = 1.0  # seconds without a good probe before the policy engages (default 3 s)
+
+
+async def start_pair(proxies, fake_twilio, redis_server, policy: str | None):
     common = {
         "upstream": fake_twilio.url,
         "redis_url": redis_server.url,
-        "on_store_error": policy,
         "recipient_limits": "off",
         "admin_token": "t",
+        "store_outage_after": OUTAGE_AFTER,
     }
+    if policy is not None:
+        common["on_store_error"] = policy
     return [await proxies.start(**common) for _ in range(2)]
 
 
@@ -42,7 +48,7 @@ async def readyz(http, instance) -> tuple[int, dict]:
         return response.status, await response.json()
 
 
-async def wait_for(condition, timeout: float = 5.0) -> None:
+async def wait_for(condition, timeout: float = 8.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await condition():
@@ -50,12 +56,19 @@ async def wait_for(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.1)
 
 
-async def test_local_keeps_deduping_within_the_instance_and_returns_to_shared(
+async def _mode_is(http, instance, mode: str) -> bool:
+    return (await readyz(http, instance))[1]["store_mode"] == mode
+
+
+async def test_local_dedups_through_the_outage_and_its_aftermath(
     proxies, fake_twilio, http, redis_server
 ):
-    first, _ = await start_pair(proxies, fake_twilio, redis_server, "local")
+    """A send made on the outage store, retried after the shared store is back (on the same
+    and on the other instance), is still a duplicate: the outage records were merged."""
+    first, second = await start_pair(proxies, fake_twilio, redis_server, "local")
     redis_server.stop()
     with capture_logs() as logs:
+        await wait_for(lambda: _mode_is(http, first, "local"))
         status, headers, sent = await post_send(http, first.url, FORM)
         assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
         status, headers, again = await post_send(http, first.url, FORM)
@@ -64,42 +77,48 @@ async def test_local_keeps_deduping_within_the_instance_and_returns_to_shared(
     assert fake_twilio.creates == 1
     assert any(e["event"] == "store_degraded" and e["mode"] == "local" for e in logs)
     status, ready = await readyz(http, first)
-    assert (status, ready["store_mode"], ready["degraded"]) == (200, "local", True)
+    assert (status, ready["store_mode"], ready["degraded"], ready["store_up"]) == (
+        200, "local", True, False,
+    )  # fmt: skip
     assert first.app[METRICS].value("sendguard_store_mode", mode="local") == 1
-    assert first.app[METRICS].value("sendguard_store_errors_total", step="claim") == 1
+    assert first.app[METRICS].value("sendguard_store_up") == 0
 
     redis_server.start()
     await wait_for(lambda: _mode_is(http, first, "shared"))
     assert first.app[METRICS].value("sendguard_store_mode", mode="shared") == 1
+    for instance in (first, second):
+        status, headers, retried = await post_send(http, instance.url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+        assert retried["sid"] == sent["sid"]
+    assert fake_twilio.creates == 1
     other = {**FORM, "Body": "after the outage"}
     status, headers, _ = await post_send(http, first.url, other)
     assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
-    _, second = proxies.started[-2:]
     status, headers, _ = await post_send(http, second.url, other)
     assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")  # shared again
     assert fake_twilio.creates == 2
 
 
-async def _mode_is(http, instance, mode: str) -> bool:
-    return (await readyz(http, instance))[1]["store_mode"] == mode
-
-
-async def test_closed_refuses_guarded_sends_but_passthrough_flows(
+async def test_closed_is_the_default_it_refuses_guarded_sends_and_passthrough_flows(
     proxies, fake_twilio, http, redis_server
 ):
-    first, _ = await start_pair(proxies, fake_twilio, redis_server, "closed")
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, None)
+    assert first.app[RUNTIME].failover.fallback is StoreMode.CLOSED
     redis_server.stop()
+    # Before the policy engages, the failing claim itself refuses the send: nothing sent.
     status, headers, body = await post_send(http, first.url, FORM)
     assert (status, headers["X-Sendguard-Decision"], body["code"]) == (
         503, "store-unavailable", 79021,
     )  # fmt: skip
+    await wait_for(lambda: _mode_is(http, first, "closed"))
     status, headers, _ = await post_send(http, first.url, FORM)
     assert (status, headers["X-Sendguard-Decision"]) == (503, "store-unavailable")
     async with http.get(first.url + "/2010-04-01/Accounts.json") as answer:
         assert answer.headers["X-Sendguard-Decision"] == "passthrough"
     assert fake_twilio.creates == 0
+    # A sidecar stays ready: its app's other Twilio calls still flow.
     status, ready = await readyz(http, first)
-    assert (status, ready["store_mode"]) == (503, "closed")
+    assert (status, ready["store_mode"], ready["store_up"]) == (200, "closed", False)
     redis_server.start()
     await wait_for(lambda: _mode_is(http, first, "shared"))
     status, headers, _ = await post_send(http, first.url, FORM)
@@ -107,9 +126,25 @@ async def test_closed_refuses_guarded_sends_but_passthrough_flows(
     assert fake_twilio.creates == 1
 
 
+async def test_ready_requires_store_fails_readiness_while_the_store_is_down(
+    proxies, fake_twilio, http, redis_server
+):
+    alone = await proxies.start(
+        upstream=fake_twilio.url, redis_url=redis_server.url, ready_requires_store=True
+    )
+    assert (await readyz(http, alone))[0] == 200
+    redis_server.stop()
+
+    async def not_ready() -> bool:
+        return (await readyz(http, alone))[0] == 503
+
+    await wait_for(not_ready, timeout=3.0)
+
+
 async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_server):
     first, _ = await start_pair(proxies, fake_twilio, redis_server, "open")
     redis_server.stop()
+    await wait_for(lambda: _mode_is(http, first, "open"))
     with capture_logs() as logs:
         for _ in range(2):
             status, headers, _ = await post_send(http, first.url, FORM)
@@ -128,10 +163,19 @@ async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_
     assert fake_twilio.creates == 3
 
 
-async def test_the_embedded_store_has_no_fallback_so_local_means_closed(proxies, fake_twilio):
-    from proxy.server.app import RUNTIME
-    from proxy.server.gate import StoreMode
+async def test_store_up_drops_without_traffic(proxies, fake_twilio, redis_server):
+    """The prober, not a failing send, notices the outage: no request is made here."""
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, None)
+    assert first.app[METRICS].value("sendguard_store_up") == 1
+    redis_server.stop()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 3.0
+    while first.app[METRICS].value("sendguard_store_up") != 0:
+        assert loop.time() < deadline, "sendguard_store_up still 1 three seconds on"
+        await asyncio.sleep(0.1)
 
+
+async def test_the_embedded_store_has_no_fallback_so_local_means_closed(proxies, fake_twilio):
     alone = await proxies.start(upstream=fake_twilio.url, on_store_error="local")
     assert alone.app[RUNTIME].failover.fallback is StoreMode.CLOSED
 
@@ -151,3 +195,33 @@ async def test_a_quick_redis_restart_is_absorbed_without_leaving_shared_mode(
     status, headers, _ = await post_send(http, second.url, FORM)
     assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
     assert first.app[METRICS].value("sendguard_store_mode", mode="shared") == 1
+
+
+async def test_a_killed_embedded_store_is_restarted_and_sends_are_guarded_again(
+    proxies, fake_twilio, http
+):
+    from proxy.server.app import EMBEDDED
+
+    alone = await proxies.start(upstream=fake_twilio.url, recipient_limits="off")
+    status, headers, sent = await post_send(http, alone.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    with capture_logs() as logs:
+        alone.app[EMBEDDED].kill_for_test()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 8.0
+        while alone.app[METRICS].value("sendguard_embedded_store_restarts_total") < 1:
+            assert loop.time() < deadline, "the embedded store was not restarted"
+            await asyncio.sleep(0.05)
+
+        async def sends_again() -> bool:
+            status, headers, _ = await post_send(http, alone.url, {**FORM, "Body": "after"})
+            assert status in (201, 503), status  # never a 500 while it restarts
+            return status == 201
+
+        await wait_for(sends_again)
+    assert any(e["event"] == "embedded_store_died" for e in logs)
+    # The restarted server came back with its records: the first send is still a duplicate.
+    status, headers, again = await post_send(http, alone.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert again["sid"] == sent["sid"]
+    assert fake_twilio.creates == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,11 +19,13 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiDict
 from twilio.request_validator import RequestValidator
 
+from proxy.guard.facts import recipient_tag
 from proxy.sandbox import SandboxState, start_sandbox
 from proxy.sandbox.faults import Fault
 from proxy.tee import (
     CALLBACK_PATH_PREFIX,
     AuthTokenBook,
+    CallbackBinding,
     CallbackTee,
     CallbackUrlCodec,
     DeliveryStatus,
@@ -36,26 +39,35 @@ from tests.servers import free_port
 ACCOUNT = "AC" + "0123456789abcdef" * 2
 TOKEN = "f" * 32
 OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
+OTHER_TOKEN = "e" * 32  # another account's genuine token, e.g. a forger's own
 SECRET = b"k" * 32
 PUBLIC = "https://sendguard.example.com"  # what Twilio calls; the tee listens on 127.0.0.1
 TO = "+15558675310"
 SENDER = "+15005550006"
 MESSAGE_SID = "SM" + "a" * 32
 APP_SECRET_QUERY = "tenant=7&sig=app-own-secret"
+# The send a wrapped URL is made for: ACCOUNT's send to TO.
+BINDING = CallbackBinding(ACCOUNT, recipient_tag(ACCOUNT, TO), "k" + "0" * 40)
 
 
 def basic(account: str = ACCOUNT, token: str = TOKEN) -> str:
     return "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
 
 
-def callback_params(status: str = "undelivered", error_code: str | None = "30007"):
+def callback_params(
+    status: str = "undelivered",
+    error_code: str | None = "30007",
+    *,
+    account: str = ACCOUNT,
+    to: str = TO,
+):
     params = [
         ("SmsSid", MESSAGE_SID),
         ("SmsStatus", status),
         ("MessageStatus", status),
-        ("To", TO),
+        ("To", to),
         ("MessageSid", MESSAGE_SID),
-        ("AccountSid", ACCOUNT),
+        ("AccountSid", account),
         ("From", SENDER),
         ("ApiVersion", "2010-04-01"),
         ("Body", "Grüße & ✓"),  # not in real callbacks; here to exercise encoding
@@ -147,8 +159,8 @@ class Tee:
     deduper: MemoryCallbackDeduper
     http: aiohttp.ClientSession
 
-    def wrap(self, original: str) -> str:
-        return self.codec.wrap(original)
+    def wrap(self, original: str, binding: CallbackBinding = BINDING) -> str:
+        return self.codec.wrap(original, binding)
 
     async def post(
         self,
@@ -349,15 +361,94 @@ async def test_bad_signature_is_refused(tee, receiver, tee_logs):
     assert {e["outcome"] for e in tee_logs} == {"callback-signature-invalid"}
 
 
-async def test_unknown_account_is_refused(tee, receiver):
-    params = [(k, OTHER_ACCOUNT if k == "AccountSid" else v) for k, v in callback_params()]
-    status, body = await tee.post(tee.wrap(receiver.url()), params)
-    assert status == 403
-    assert "no auth token" in str(twilio_error(body, 403)["message"])
+async def test_unknown_account_is_refused(receiver):
+    runner, tee, session = await start_tee(configured={OTHER_ACCOUNT: OTHER_TOKEN})
+    try:
+        status, body = await tee.post(tee.wrap(receiver.url()))
+        assert status == 403
+        assert "no auth token" in str(twilio_error(body, 403)["message"])
+        assert receiver.received == []
+        assert tee.learner.learned == []
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_a_callback_claiming_another_account_than_its_url_is_refused(tee, receiver, tee_logs):
+    other = callback_params(account=OTHER_ACCOUNT)
     no_account = [p for p in callback_params() if p[0] != "AccountSid"]
-    assert (await tee.post(tee.wrap(receiver.url()), no_account))[0] == 403
+    malformed = callback_params(account="AC123")
+    for params in (other, no_account, malformed):
+        status, body = await tee.post(tee.wrap(receiver.url()), params)
+        assert status == 403
+        assert "AccountSid" in str(twilio_error(body, 403)["message"])
     assert receiver.received == []
     assert tee.learner.learned == []
+    assert {e["outcome"] for e in tee_logs} == {"callback-account-mismatch"}
+    assert {e["account"] for e in tee_logs} == {ACCOUNT}  # the bound one
+
+
+async def test_a_forged_callback_on_a_captured_url_with_another_accounts_token_is_refused(
+    receiver,
+):
+    """Both tokens are genuine and known (learned from each account's own sends). A forger
+    holding OTHER_ACCOUNT's token, with a callback URL captured from ACCOUNT's send, gets
+    nothing learned and nothing forwarded, whichever account the form claims."""
+    runner, tee, session = await start_tee(configured={ACCOUNT: TOKEN, OTHER_ACCOUNT: OTHER_TOKEN})
+    try:
+        captured = tee.wrap(receiver.url())
+        claims_other = callback_params(account=OTHER_ACCOUNT, to="+15550001111")
+        status, body = await tee.post(captured, claims_other, token=OTHER_TOKEN)
+        assert status == 403
+        assert twilio_error(body, 403)["code"] == 79040
+        status, _ = await tee.post(captured, callback_params(), token=OTHER_TOKEN)
+        assert status == 403  # claims the bound account: checked with the bound account's token
+        assert receiver.received == []
+        assert tee.learner.learned == []
+        # The other account's own URLs work with its own token, for its own recipient.
+        own = CallbackBinding(OTHER_ACCOUNT, recipient_tag(OTHER_ACCOUNT, TO), "f" + "1" * 40)
+        status, _ = await tee.post(
+            tee.wrap(receiver.url(), own), callback_params(account=OTHER_ACCOUNT), token=OTHER_TOKEN
+        )
+        assert status == 204
+        assert [s.account_sid for s in tee.learner.learned] == [OTHER_ACCOUNT]
+    finally:
+        await runner.cleanup()
+        await session.close()
+
+
+async def test_a_callback_about_another_recipient_is_forwarded_but_teaches_nothing(
+    tee, receiver, tee_logs
+):
+    params = callback_params("undelivered", "30006", to="+15550001111")
+    status, _ = await tee.post(tee.wrap(receiver.url()), params)
+    assert status == 204  # signed with the bound account's token: the app gets it
+    assert len(receiver.received) == 1
+    assert validates_for_app(receiver.received[0], receiver.url())
+    assert tee.learner.learned == []
+    [event] = tee_logs
+    assert (event["outcome"], event["learn_skipped"]) == ("delivered", "recipient-mismatch")
+    assert event["log_level"] == "warning"
+    # The bound recipient, spelled as Twilio may spell it, is learned.
+    whatsapp = CallbackBinding(ACCOUNT, recipient_tag(ACCOUNT, "whatsapp:" + TO), "k" + "2" * 40)
+    params = callback_params("undelivered", "30006", to="whatsapp:" + TO)
+    assert (await tee.post(tee.wrap(receiver.url(), whatsapp), params))[0] == 204
+    assert [s.to for s in tee.learner.learned] == ["whatsapp:" + TO]
+
+
+async def test_an_old_unbound_token_is_refused_as_outdated(tee, receiver, tee_logs):
+    """Tokens of the first format named no account: refused with a clear 400, not forwarded."""
+    raw = receiver.url().encode()
+    mac = hmac.new(SECRET, b"sendguard-callback-url-v1\x00" + raw, hashlib.sha256).digest()[:16]
+    token = ".".join(base64.urlsafe_b64encode(part).decode().rstrip("=") for part in (raw, mac))
+    status, body = await tee.post(tee.codec.callback_prefix + token)
+    assert status == 400
+    error = twilio_error(body, 400)
+    assert error["code"] == 79011
+    assert "older sendguard" in str(error["message"])
+    assert receiver.received == []
+    assert tee.learner.learned == []
+    assert tee_logs[-1]["outcome"] == "callback-token-outdated"
 
 
 async def test_tampered_token_is_refused(tee, receiver):
@@ -612,7 +703,8 @@ async def test_sandbox_callbacks_reach_the_app_resigned(receiver):
     try:
         original = receiver.url()
         form = [("To", TO), ("From", SENDER), ("Body", "hello"), ("StatusCallback", original)]
-        rewritten = rewrite_status_callback(form, tee.codec)
+        send = CallbackBinding(ACCOUNT, recipient_tag(ACCOUNT, TO), "f" + "3" * 40)
+        rewritten = rewrite_status_callback(form, tee.codec, send)
         assert rewritten is not None
         auth = basic()
         tee.tokens.learn_from_authorization(auth)  # as sendguard does from the send

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 from urllib.parse import parse_qsl, urlsplit
 
@@ -14,10 +15,14 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
+from proxy.server.guarded import CallbackRouting
 from proxy.tee import (
     CALLBACK_PATH_PREFIX,
     AuthTokenBook,
+    CallbackBinding,
     CallbackUrlCodec,
+    OutdatedCallbackToken,
+    UnwrappedCallback,
     compute_signature,
     encode_form,
     rewrite_status_callback,
@@ -31,6 +36,7 @@ OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
 API_KEY = "SK" + "0123456789abcdef" * 2
 SECRET = b"s" * 32
 PUBLIC = "https://sendguard.example.com"
+BINDING = CallbackBinding(ACCOUNT, "r" + "0a" * 12, "k" + "1b" * 20)
 
 # -- signatures ------------------------------------------------------------------------------
 
@@ -179,9 +185,10 @@ def token_of(wrapped: str) -> str:
 @given(url=http_urls())
 def test_any_http_url_round_trips(url):
     codec = CallbackUrlCodec(PUBLIC, SECRET)
-    wrapped = codec.wrap(url)
+    wrapped = codec.wrap(url, BINDING)
     token = token_of(wrapped)
-    assert codec.unwrap(token) == url
+    assert codec.unwrap(token).original_url == url
+    assert codec.unwrap(token).binding == BINDING
     assert all((c.isalnum() and c.isascii()) or c in "-_." for c in token)  # path-safe as is
     assert urlsplit(wrapped).fragment == urlsplit(url).fragment  # connection overrides kept
 
@@ -190,7 +197,7 @@ def test_any_http_url_round_trips(url):
 @given(url=http_urls(), data=st.data())
 def test_any_mutated_token_is_refused(url, data):
     codec = CallbackUrlCodec(PUBLIC, SECRET)
-    token = token_of(codec.wrap(url))
+    token = token_of(codec.wrap(url, BINDING))
     alphabet = "ABCXYZabcxyz0189-_.=%/+"
     kind = data.draw(st.sampled_from(["replace", "delete", "insert", "truncate"]))
     index = data.draw(st.integers(0, len(token) - 1))
@@ -210,7 +217,7 @@ def test_any_mutated_token_is_refused(url, data):
 def test_tokens_from_another_secret_or_forged_are_refused():
     codec = CallbackUrlCodec(PUBLIC, SECRET)
     other = CallbackUrlCodec(PUBLIC, b"t" * 32)
-    token = token_of(other.wrap("https://app.example.com/cb"))
+    token = token_of(other.wrap("https://app.example.com/cb", BINDING))
     with pytest.raises(ValueError):
         codec.unwrap(token)
     # a valid MAC over a URL the codec would never wrap still yields nothing
@@ -241,7 +248,7 @@ def test_tokens_from_another_secret_or_forged_are_refused():
 )
 def test_wrap_refuses_non_http_urls(url):
     with pytest.raises(ValueError):
-        CallbackUrlCodec(PUBLIC, SECRET).wrap(url)
+        CallbackUrlCodec(PUBLIC, SECRET).wrap(url, BINDING)
 
 
 def test_codec_checks_its_configuration():
@@ -266,16 +273,16 @@ def test_rewrite_replaces_only_status_callback():
         ("Body", "hi & bye"),
         ("MediaUrl", "https://a.example/0.png"),
     ]
-    rewritten = rewrite_status_callback(form, codec)
+    rewritten = rewrite_status_callback(form, codec, BINDING)
     assert rewritten is not None
     assert [name for name, _ in rewritten] == [name for name, _ in form]
     assert [p for p in rewritten if p[0] != "StatusCallback"] == [
         p for p in form if p[0] != "StatusCallback"
     ]
     wrapped = dict(rewritten)["StatusCallback"]
-    assert codec.unwrap(token_of(wrapped)) == original
+    assert codec.unwrap(token_of(wrapped)) == UnwrappedCallback(original, BINDING)
     # idempotent: an already wrapped callback is left alone
-    assert rewrite_status_callback(rewritten, codec) is None
+    assert rewrite_status_callback(rewritten, codec, BINDING) is None
 
 
 @pytest.mark.parametrize(
@@ -290,12 +297,108 @@ def test_rewrite_replaces_only_status_callback():
     ],
 )
 def test_rewrite_leaves_other_sends_alone(form):
-    assert rewrite_status_callback(form, CallbackUrlCodec(PUBLIC, SECRET)) is None
+    assert rewrite_status_callback(form, CallbackUrlCodec(PUBLIC, SECRET), BINDING) is None
 
 
 def test_rewrite_takes_explicit_post_method():
     form = [("StatusCallback", "https://a.example/1"), ("StatusCallbackMethod", "post")]
-    assert rewrite_status_callback(form, CallbackUrlCodec(PUBLIC, SECRET)) is not None
+    assert rewrite_status_callback(form, CallbackUrlCodec(PUBLIC, SECRET), BINDING) is not None
+
+
+# -- binding a callback URL to its send ------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def test_the_binding_is_covered_by_the_mac():
+    codec = CallbackUrlCodec(PUBLIC, SECRET)
+    payload_part, _, mac = token_of(codec.wrap("https://app.example.com/cb", BINDING)).partition(
+        "."
+    )
+    payload = _unb64(payload_part)
+    assert ACCOUNT.encode() in payload and BINDING.recipient_tag.encode() in payload
+    assert b"+1555" not in payload  # the recipient is an opaque tag, never a number
+    for original, swapped in [
+        (ACCOUNT, OTHER_ACCOUNT),
+        (BINDING.recipient_tag, "r" + "ff" * 12),
+        (BINDING.dedup_id, "k" + "ee" * 20),
+    ]:
+        forged = payload.replace(original.encode(), swapped.encode())
+        with pytest.raises(ValueError, match="signature mismatch"):
+            codec.unwrap(f"{_b64(forged)}.{mac}")
+
+
+def test_the_binding_comes_from_the_send():
+    send = CallbackBinding(OTHER_ACCOUNT, "r" + "12" * 12, "f" + "34" * 20)
+    codec = CallbackUrlCodec(PUBLIC, SECRET)
+    form = [("To", "+15558675310"), ("StatusCallback", "https://app.example.com/cb")]
+    rewritten = rewrite_status_callback(form, codec, send)
+    assert rewritten is not None
+    unwrapped = codec.unwrap(token_of(dict(rewritten)["StatusCallback"]))
+    assert unwrapped.binding == send
+    assert codec.unwrap(token_of(codec.wrap("https://app.example.com/cb", BINDING))) != unwrapped
+
+
+@pytest.mark.parametrize(
+    "binding",
+    [
+        CallbackBinding(API_KEY, BINDING.recipient_tag, BINDING.dedup_id),
+        CallbackBinding("", BINDING.recipient_tag, BINDING.dedup_id),
+        CallbackBinding(ACCOUNT + "\n", BINDING.recipient_tag, BINDING.dedup_id),
+        CallbackBinding(ACCOUNT, "", BINDING.dedup_id),
+        CallbackBinding(ACCOUNT, "r\nhttps://evil.example/", BINDING.dedup_id),
+        CallbackBinding(ACCOUNT, BINDING.recipient_tag, "k" * 65),
+        CallbackBinding(ACCOUNT, BINDING.recipient_tag, "k-1"),
+    ],
+)
+def test_only_well_formed_sends_are_bound(binding):
+    with pytest.raises(ValueError):
+        CallbackUrlCodec(PUBLIC, SECRET).wrap("https://app.example.com/cb", binding)
+    form = [("StatusCallback", "https://app.example.com/cb")]
+    assert rewrite_status_callback(form, CallbackUrlCodec(PUBLIC, SECRET), binding) is None
+
+
+def test_tokens_of_the_first_unbound_format_are_refused_as_outdated():
+    codec = CallbackUrlCodec(PUBLIC, SECRET)
+    raw = b"https://app.example.com/cb"
+    mac = hmac.new(SECRET, b"sendguard-callback-url-v1\x00" + raw, hashlib.sha256).digest()[:16]
+    with pytest.raises(OutdatedCallbackToken):
+        codec.unwrap(f"{_b64(raw)}.{_b64(mac)}")
+    other_mac = hmac.new(b"t" * 32, b"sendguard-callback-url-v1\x00" + raw, hashlib.sha256)
+    with pytest.raises(ValueError) as refused:  # someone else's old token: just invalid
+        codec.unwrap(f"{_b64(raw)}.{_b64(other_mac.digest()[:16])}")
+    assert not isinstance(refused.value, OutdatedCallbackToken)
+
+
+# -- which sends teach a token ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "learned"),
+    [
+        (200, True),
+        (201, True),
+        (299, True),
+        (301, False),
+        (400, False),
+        (401, False),
+        (403, False),
+        (404, False),
+        (429, False),
+        (500, False),
+        (503, False),
+    ],
+)
+def test_tokens_are_learned_only_from_creates_twilio_accepted(status, learned):
+    routing = CallbackRouting(CallbackUrlCodec(PUBLIC, SECRET), AuthTokenBook({}))
+    routing.learn_credential(basic(ACCOUNT, AUTH_TOKEN), status)
+    assert routing.tokens.tokens_for(ACCOUNT) == ([AUTH_TOKEN] if learned else [])
 
 
 def test_encode_form_keeps_order_and_repeats():

@@ -130,16 +130,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready = takes traffic: started, not shutting down, and able to guard sends (any mode
-    but `closed`; a degraded `local` or `open` still serves, and says so)."""
+    """Ready = takes traffic: started and not shutting down. A store outage leaves a sidecar
+    ready (passthrough still flows and guarded sends get the outage policy's answer), unless
+    `ready_requires_store` is set (standalone deployments: route to a healthier replica)."""
     proxy_app = request.app[PROXY_APP]
     started = RUNTIME in proxy_app
-    mode = proxy_app[RUNTIME].failover.mode if started else None
+    runtime = proxy_app[RUNTIME] if started else None
+    mode = runtime.failover.mode if runtime else None
+    store_up = runtime.prober.health.reachable if runtime else None
     stopping = request.app[SHUTTING_DOWN]()
-    ready = started and not stopping and mode is not StoreMode.CLOSED
+    requires_store = proxy_app[SETTINGS].ready_requires_store
+    ready = started and not stopping and (store_up or not requires_store)
     body = {
-        "ready": ready,
+        "ready": bool(ready),
         "store_mode": mode.value if mode else None,
+        "store_up": store_up,
         "degraded": bool(mode and mode is not StoreMode.SHARED),
         "shutting_down": stopping,
     }
@@ -172,6 +177,8 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "store_mode": runtime.failover.mode.value,
+            "store_up": runtime.prober.health.reachable,
+            "pending_outcome_writes": len(runtime.journal),
             "degraded_since": views.iso_ms((runtime.failover.degraded_since or 0) * 1000),
             "kill_switches": [
                 views.kill_switch_view(s, now) for s in runtime.board.switches if s.active(now)

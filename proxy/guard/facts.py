@@ -1,11 +1,14 @@
 """The facts of a guarded send, derived from the raw request: key, scope, fingerprint, recipient.
 
 Everything here is pure and total over untrusted input: it either returns facts or raises an
-`InvalidRequest` subclass, never anything else (fuzzed in tests/test_facts_fuzz.py).
+`InvalidRequest` subclass, never anything else (fuzzed in tests/test_facts.py and
+tests/test_identities.py).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -22,6 +25,15 @@ FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # Separators people put in phone numbers; removing them cannot merge two different E.164 numbers.
 _PHONE_NOISE_RE = re.compile(r"[\s().\-/]")
+# What is left of a phone number once the separators are gone: international (`+` or `00`) or
+# national digits. ASCII digits only: `str.isdigit` would also take `²` or Arabic-Indic digits.
+_PHONE_RE = re.compile(r"\+?[0-9]+")
+# A URI scheme (RFC 3986 §3.1): the channel prefix of a To such as `whatsapp:` or `client:`.
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
+# Schemes whose addresses are names or URIs, never phone numbers, even when they look like one
+# (`client:+1 555 010 0000` is a Twilio Client identity, compared exactly).
+_NON_PHONE_SCHEMES = frozenset({"client", "sip", "sips"})
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*")
 # parse_qsl passes "%ZZ" through as text; a bad escape means the client's encoder is broken.
 _BAD_ESCAPE_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Keeps credential hashes unlinkable to a plain SHA-256 of the header should a store leak.
@@ -33,7 +45,7 @@ Form = tuple[tuple[str, str], ...]
 @dataclass(frozen=True)
 class SendFacts:
     route: RouteMatch
-    credential_hash: str  # keyed hash of the Authorization header: the tenant boundary
+    credential_hash: str  # keyed hash of the credential (`credential_hash`): the tenant boundary
     form: Form  # pairs as the client sent them, in order
     idempotency_key: str | None
     payload_hash: str  # canonical form + route: what "same payload" means for a key
@@ -66,7 +78,10 @@ def parse_idempotency_key(raw: str | None) -> str | None:
 
 
 def parse_form(body: bytes, content_type: str) -> Form:
-    """Strict form decoding: a guarded send that is not valid form encoding is refused (400)."""
+    """Strict form decoding: a guarded send that is not valid form encoding is refused (400).
+
+    Empty segments (a trailing `&`, `&&`, a leading `&`) carry nothing and are skipped: the
+    body is still forwarded as sent, and `To=1&` is the same send as `To=1`."""
     media_type = content_type.split(";", 1)[0].strip().lower()
     if body and media_type != FORM_CONTENT_TYPE:
         raise InvalidRequest(f"a send must be {FORM_CONTENT_TYPE}, got {media_type or 'none'!r}")
@@ -74,6 +89,7 @@ def parse_form(body: bytes, content_type: str) -> Form:
         text = body.decode("utf-8")
         if _BAD_ESCAPE_RE.search(text):
             raise ValueError("bad percent-escape")
+        text = "&".join(segment for segment in text.split("&") if segment)
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text), errors="strict")
     except (UnicodeDecodeError, ValueError) as exc:
         raise InvalidRequest(
@@ -82,13 +98,52 @@ def parse_form(body: bytes, content_type: str) -> Form:
     return tuple(pairs)
 
 
+def _split_scheme(address: str) -> tuple[str, str]:
+    """(scheme lower-cased, rest) for `scheme:rest`; ("", address) when there is no scheme."""
+    found = _SCHEME_RE.match(address)
+    if found is None:
+        return "", address
+    return found.group(1).lower(), address[found.end() :]
+
+
+def _phone_number(text: str) -> str | None:
+    """`text` as a phone number, separators removed and `00` read as `+`; None if it is not one.
+
+    Conservative: only `+` (or `00`) and digits, or digits alone, once the separators are gone.
+    National digits keep no country code: `5550100000` is not `+15550100000` (no region guessed).
+    """
+    compact = _PHONE_NOISE_RE.sub("", text)
+    if not _PHONE_RE.fullmatch(compact):
+        return None
+    if compact.startswith("00") and len(compact) > 2:
+        return "+" + compact[2:]
+    return compact
+
+
+def recipient_phone(raw: str) -> str | None:
+    """The phone number a To addresses, without its channel prefix (`WhatsApp:+1 555 010 0000`
+    -> `+15550100000`); None when the To is not a phone number (`client:…`, `sip:…`, a name)."""
+    scheme, address = _split_scheme(raw.strip())
+    if scheme in _NON_PHONE_SCHEMES:
+        return None
+    return _phone_number(address)
+
+
 def normalise_recipient(raw: str) -> str:
-    """`+1 (555) 010-0000` and `+15550100000` are one recipient; `whatsapp:` prefixes are kept."""
-    channel, sep, address = raw.strip().rpartition(":")
-    address = _PHONE_NOISE_RE.sub("", address)
-    if address.startswith("00") and address[2:].isdigit():
-        address = "+" + address[2:]
-    return f"{channel.lower()}{sep}{address}" if sep else address
+    """The identity of a recipient (SPEC §3.1): one string per recipient, never two recipients
+    per string.
+
+    Phone numbers, bare or behind a channel prefix, lose their separators and the prefix its case:
+    `+1 (555) 010-0000` = `+15550100000` = `0015550100000`, `WhatsApp:+1 555…` = `whatsapp:+1555…`.
+    Any other address is the string as sent apart from the case of its scheme: `client:agent-1`
+    is not `client:agent1`, `sip:alice.b@ex.com` is not `sip:aliceb@ex.com`.
+    """
+    number = recipient_phone(raw)
+    if number is not None:
+        scheme, _ = _split_scheme(raw.strip())
+        return f"{scheme}:{number}" if scheme else number
+    scheme, rest = _split_scheme(raw)
+    return f"{scheme}:{rest}" if scheme else raw
 
 
 def recipient_tag(account_sid: str, to: str) -> str:
@@ -96,8 +151,40 @@ def recipient_tag(account_sid: str, to: str) -> str:
     return "r" + hashlib.sha256(f"{account_sid}\x00{to}".encode()).hexdigest()[:24]
 
 
+def basic_credential(authorization: str) -> bytes | None:
+    """The decoded `username:password` of a Basic Authorization header; None when it is not one.
+
+    The scheme's case, whitespace around and between the parts, and the base64 padding do not
+    matter (`basic  YWI6Yw` = `Basic YWI6Yw==`): they are one credential to Twilio too.
+    """
+    parts = authorization.split()
+    if len(parts) != 2 or not parts[0].isascii() or parts[0].lower() != "basic":
+        return None
+    token = parts[1].rstrip("=")
+    if len(token) % 4 == 1 or not _BASE64_RE.fullmatch(token):
+        return None
+    try:
+        return base64.b64decode(token + "=" * (-len(token) % 4), validate=True)
+    except binascii.Error:
+        return None
+
+
 def credential_hash(authorization: str) -> str:
-    return hmac.new(_SCOPE_PEPPER, authorization.encode(), hashlib.sha256).hexdigest()[:32]
+    """The tenant boundary: a keyed hash of the credential, never the credential itself.
+
+    A Basic credential is hashed as `Basic <canonical base64 of username:password>`, which is
+    what SDKs send, so their scopes are the ones earlier versions stored. Anything else (another
+    scheme, undecodable) is hashed as the stripped header: it can never take that form, since
+    it would then have decoded, so the two kinds cannot collide.
+    """
+    decoded = basic_credential(authorization)
+    if decoded is not None:
+        material = "Basic " + base64.b64encode(decoded).decode("ascii")
+    else:
+        material = authorization.strip()
+    # surrogatepass: a header can carry any code point (aiohttp's surrogateescape); stay total.
+    digest = hmac.new(_SCOPE_PEPPER, material.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return digest.hexdigest()[:32]
 
 
 def canonical_form(form: Form) -> str:

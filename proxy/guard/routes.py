@@ -32,6 +32,8 @@ class RouteTable:
         self._routes = [(route, _compile(route.path)) for route in routes]
 
     def match(self, method: str, path: str) -> RouteMatch | None:
+        """`path` is the request's canonical target path (proxy/server/target.py), the very
+        path forwarded upstream; never `request.path`, which keeps dot segments."""
         path = normalise_path(path)
         for route, pattern in self._routes:
             if method.upper() != route.method.upper():

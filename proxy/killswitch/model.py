@@ -9,10 +9,14 @@ No I/O and no clock reads: every function that needs the time takes `now` (epoch
     recipient:<E.164>            normalised To is this number
     prefix:+<1-6 digits>         normalised To starts with this prefix (a country, a range)
 
-Scopes name *addresses*: a channel prefix on the send (`whatsapp:+44…`) is ignored when
+Scopes name *addresses*: a channel prefix on the send (`WhatsApp:+44…`) is ignored when
 matching, so `recipient:+44…` and `prefix:+44` also stop WhatsApp sends to those numbers.
 Scope text is canonical (`recipient:+1 (555) 010-0000` parses to `recipient:+15550100000`), so
-one scope is one field in the store however it was typed.
+one scope is one field in the store however it was typed. Numbers are read exactly as facts.py
+reads a To (`recipient_phone`): recipient and prefix scopes match phone numbers in international
+form only; a To that is not a phone number (`client:…`, `sip:…`) or a national number without
+`+`/`00` is matched by no recipient or prefix scope (global, account and sender scopes still
+stop it).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from proxy.guard.facts import SendFacts, normalise_recipient
+from proxy.guard.facts import SendFacts, normalise_recipient, recipient_phone
 from proxy.logs import mask_phone
 
 CONFIG_AUTHOR = "config"
@@ -64,6 +68,12 @@ def _sid(value: str) -> str:
 
 def _e164(value: str, what: str) -> str:
     number = normalise_recipient(value)
+    if ":" in number and recipient_phone(value) is None:
+        raise ValueError(
+            f"{what} must be an E.164 number such as +14155550100, got {value!r}: an address "
+            f"that is not a phone number (client:, sip:) has no recipient scope; stop it with a "
+            f"sender, account or global scope"
+        )
     if ":" in number:
         raise ValueError(
             f"{what} must be a bare E.164 number (e.g. +14155550100), without a channel "
@@ -110,7 +120,8 @@ def sender_key(raw: str) -> str:
     value = raw.strip()
     if _SERVICE_RE.fullmatch(value):
         return _sid(value)
-    address = normalise_recipient(value).rpartition(":")[2] if ":" in value else value
+    number = recipient_phone(value) if ":" in value else None
+    address = number if number is not None else value.rpartition(":")[2]
     try:
         return parse_sender(address)
     except ValueError:
@@ -310,14 +321,14 @@ class SendAttributes:
 
     account_sid: str
     sender: str  # sender_key(MessagingServiceSid or From); "" if absent
-    recipient: str  # the normalised To's address, without channel prefix; "" if absent
+    recipient: str  # the To's phone number, without channel prefix; "" if absent or not a number
 
     @classmethod
     def of(cls, *, account_sid: str, sender: str, to: str) -> SendAttributes:
         return cls(
             _sid(account_sid) if _ACCOUNT_RE.fullmatch(account_sid) else account_sid,
             sender_key(sender) if sender else "",
-            normalise_recipient(to).rpartition(":")[2],
+            recipient_phone(to) or "",
         )
 
     @classmethod

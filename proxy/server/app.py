@@ -6,15 +6,18 @@ and torn down in reverse, each only if it was set up.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,13 +36,16 @@ from proxy.server.gate import SendGate, StoreFailover, StoreMode
 from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
+from proxy.server.prober import StoreHealth, StoreProber
+from proxy.server.settlement import SettlementJournal
+from proxy.server.target import target_of
 from proxy.store.callback_store import RedisCallbackDeduper, shared_tee_secret
 from proxy.store.embedded import EmbeddedStore
 from proxy.store.fastpack import use_hiredis_packing
-from proxy.store.send_store import RedisClient, SendStore
+from proxy.store.send_store import CLUSTER_NODE_CONNECTIONS, RedisClient, SendStore
 from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
 from proxy.tee.handler import REFUSAL
-from proxy.upstream.client import UpstreamClient
+from proxy.upstream.client import UpstreamClient, guarded_send_deadline
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
 if TYPE_CHECKING:
@@ -47,8 +53,11 @@ if TYPE_CHECKING:
 
 log = get_logger("sendguard")
 
-# Covers the store write after the answer and scheduling noise. Erring short is safe: a live
-# owner past its lease can still complete, and a duplicate meanwhile gets 409, never a resend.
+# Added to the guarded send's total upstream deadline (`guarded_send_deadline`) to make the
+# lease: covers the store work between claim and send (an account-ceiling check), the store
+# write after the answer and scheduling noise. Erring short is safe: a live owner past its
+# lease can still complete, and a duplicate meanwhile finds it stale and turns it UNKNOWN,
+# never a resend; the in-flight record itself lives max(ttl, 2 x lease).
 LEASE_MARGIN_SECONDS = 2.0
 
 
@@ -60,6 +69,8 @@ CALLBACK_DEDUP_TTL_SECONDS = 24 * 3600.0
 # Every store command is a short script or a key read: seconds are already an outage.
 STORE_CONNECT_TIMEOUT_SECONDS = 1.0
 STORE_TIMEOUT_SECONDS = 2.0
+# Shutdown: how long pending outcome writes may still take once the proxy has drained.
+JOURNAL_FLUSH_SECONDS = 5.0
 
 
 @dataclass
@@ -75,6 +86,8 @@ class Runtime:
     gate: SendGate
     board: KillSwitchBoard
     failover: StoreFailover
+    prober: StoreProber
+    journal: SettlementJournal
     learner: SuppressionLearner
     tee: CallbackTee | None
 
@@ -85,6 +98,7 @@ STORE_URL: web.AppKey[str] = web.AppKey("store_url", str)
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 RUNTIME: web.AppKey[Runtime] = web.AppKey("runtime", Runtime)
+EMBEDDED: web.AppKey[EmbeddedStore] = web.AppKey("embedded_store", EmbeddedStore)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -96,14 +110,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
         pinned=runtime.sandboxed,
     )
     body = await read_body(request, runtime.max_body)
-    match = runtime.routes.match(request.method, request.path)
+    # One canonical target (SPEC §2): the path matched here is the path forwarded.
+    path = target_of(request).path
+    match = runtime.routes.match(request.method, path)
     if match is not None:
         return await runtime.gate.handle(request, body, upstream, match)
     learner = runtime.learner
 
     def watch(status: int) -> int:
         # Keep fetched/listed Message bodies: their error codes feed suppression.
-        return runtime.max_body if learner.watches(request.method, request.path, status) else 0
+        return runtime.max_body if learner.watches(request.method, path, status) else 0
 
     response, kept = await forward_passthrough(request, body, upstream, runtime.client, watch)
     upstream_ms = request[CONTEXT].upstream_ms
@@ -156,10 +172,19 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     embedded: EmbeddedStore | None = None
     url = settings.redis_url
+    supervisor: asyncio.Task[None] | None = None
     if url is None:
         embedded = EmbeddedStore(settings.data_dir)
         url = await embedded.start()
         log.info("embedded_store_started", persistent=settings.data_dir is not None)
+        metrics = app[METRICS]
+
+        def restarted(exit_code: int) -> None:
+            metrics.embedded_store_restarts.inc()
+            log.error("embedded_store_died", exit_code=exit_code, restarting=True)
+
+        supervisor = asyncio.get_running_loop().create_task(embedded.supervise(restarted))
+        app[EMBEDDED] = embedded
     client = store_client(url, cluster=settings.redis_cluster)
     app[STORE_URL] = url
     app[REDIS] = client
@@ -169,6 +194,10 @@ async def _store(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
+        if supervisor is not None:
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
 
 
 async def _guard(app: web.Application) -> AsyncIterator[None]:
@@ -207,7 +236,10 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
             attempts=CALLBACK_FORWARD_ATTEMPTS,
             timeout=CALLBACK_FORWARD_TIMEOUT_SECONDS,
         )
-    shared_guard = SendGuard(store, client, policy, metrics, routing)
+    # One journal for every store mode: a duplicate finds a pending outcome whichever store
+    # guards it now (settlement.py).
+    journal = SettlementJournal(metrics)
+    shared_guard = SendGuard(store, client, policy, metrics, routing, journal)
     local_store: list[EmbeddedStore] = []
 
     async def make_local_guard() -> SendGuard:
@@ -216,15 +248,19 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
         local_store.append(embedded)
         log.warning("local_store_started", reason="shared-store-down")
-        return SendGuard(SendStore(store_client(url)), client, policy, metrics, routing)
+        return SendGuard(SendStore(store_client(url)), client, policy, metrics, routing, journal)
 
     failover = StoreFailover(
         shared_guard,
         StoreMode(settings.on_store_error),
         metrics,
         make_local=make_local_guard if settings.redis_url is not None else None,
+        settle_after=policy.lease,
     )
-    shared_guard.on_store_error = failover.failed
+    prober = StoreProber(
+        store.ping_all, StoreHealth(settings.store_outage_after), metrics, failover.store_changed
+    )
+    prober.start()
     # The board's resync and subscription get their own connections, off the hot path's pool.
     board_redis = store_client(app[STORE_URL], cluster=settings.redis_cluster, timeout=None)
     board = KillSwitchBoard(
@@ -245,15 +281,21 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         gate=SendGate(failover, board, metrics),
         board=board,
         failover=failover,
+        prober=prober,
+        journal=journal,
         learner=learner,
         tee=tee,
     )
     try:
         yield
     finally:
+        await prober.stop()
         await board.stop()
         await board_redis.aclose()
         await failover.close()
+        # Outcomes still owed to the store get their chance before it closes; what is left
+        # stays in flight there and turns UNKNOWN at lease end (never a resend).
+        await journal.close(within=JOURNAL_FLUSH_SECONDS)
         await learner.drain()
         await client.close()
         if callback_session is not None:
@@ -277,7 +319,16 @@ def store_client(
     board's subscription idles on its socket, so it passes timeout=None.)"""
     connect = STORE_CONNECT_TIMEOUT_SECONDS
     if cluster:
-        return RedisCluster.from_url(url, socket_connect_timeout=connect, socket_timeout=timeout)
+        # Several seeds, comma-separated: any one that answers gives the whole topology, so
+        # sendguard starts (and keeps probing) while some of them are down.
+        first, *others = [seed.strip() for seed in url.split(",")]
+        return RedisCluster.from_url(
+            first,
+            startup_nodes=[_cluster_node(seed) for seed in others],
+            socket_connect_timeout=connect,
+            socket_timeout=timeout,
+            max_connections=CLUSTER_NODE_CONNECTIONS,
+        )
     # One immediate retry on a dropped connection: after a Redis restart every pooled connection
     # is dead once. Every script is safe to run twice (tests/test_scripts.py): a claim that did
     # run finds its own record and is answered in-flight, never sent twice.
@@ -289,6 +340,11 @@ def store_client(
     return client
 
 
+def _cluster_node(seed: str) -> ClusterNode:
+    parts = urlsplit(seed)
+    return ClusterNode(parts.hostname or "localhost", parts.port or 6379)
+
+
 def guard_policy(settings: Settings) -> GuardPolicy:
     protection = ProtectionPolicy(
         windows=tuple(LimitWindow(c, w) for c, w in settings.recipient_limit_windows),
@@ -297,11 +353,14 @@ def guard_policy(settings: Settings) -> GuardPolicy:
         cooldown=settings.breaker_cooldown,
         max_cooldown=settings.breaker_max_cooldown,
     )
-    # The owner of a claim may spend its 429 retries plus one full attempt before it records.
+    # The owner of a claim sends under a total deadline (its 429 retries plus one full
+    # attempt, enforced in SendGuard), then records: the lease is that deadline plus a margin.
     lease = (
-        settings.upstream_connect_timeout
-        + settings.upstream_read_timeout
-        + settings.upstream_429_budget
+        guarded_send_deadline(
+            settings.upstream_connect_timeout,
+            settings.upstream_read_timeout,
+            settings.upstream_429_budget,
+        )
         + LEASE_MARGIN_SECONDS
     )
     return GuardPolicy(

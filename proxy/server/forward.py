@@ -12,6 +12,7 @@ from proxy.errors import PassthroughBroken, PassthroughTimedOut, UpstreamUnreach
 from proxy.server.context import CONTEXT
 from proxy.server.headers import downstream_response_headers, upstream_request_headers
 from proxy.server.middleware import stamp
+from proxy.server.target import target_of
 from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient
 from proxy.upstream.hosts import Upstream
 
@@ -19,8 +20,9 @@ STREAM_CHUNK = 64 * 1024
 
 
 def upstream_url(upstream: Upstream, request: web.Request) -> str:
-    # raw_path keeps the client's exact percent-encoding and query string.
-    return upstream.origin + request.raw_path
+    """The request's canonical target (the very path the router matched) on the upstream's
+    origin; the query string is the client's, byte for byte."""
+    return upstream.origin + str(target_of(request))
 
 
 async def forward_passthrough(

@@ -4,15 +4,16 @@
       -> kill switch, from local memory           engaged      -> 503 killed (no store touched)
       -> the store mode in force (SPEC §3.4):
            shared   the shared store (the normal case)
-           local    shared store failed: a private embedded store, dedup within this instance
-           closed   shared store failed: 503 store-unavailable
-           open     shared store failed: forwarded unguarded, loudly
+           local    shared store down: a private embedded store, dedup within this instance
+           closed   shared store down: 503 store-unavailable
+           open     shared store down: forwarded unguarded, loudly
       -> SendGuard (claim, decide, forward, record)
 
-A store failure while claiming means nothing was sent, so the same send can go straight on
-under the new mode. A failure after sending is the guard's business (the claim turns UNKNOWN);
-it still switches the mode for the sends that follow. While degraded, one task pings the shared
-store, and the first answer switches back: no restart, no operator.
+Only the health prober (prober.py) decides that the store is down, after
+`store_outage_after` of failed probes; a store error on one send refuses that send (503,
+nothing sent) and changes nothing else. Back from `local`, this instance's outage records
+are merged into the shared store before any send is guarded by it again, so a retry of a
+send made during the outage is still a duplicate.
 """
 
 from __future__ import annotations
@@ -34,13 +35,14 @@ from proxy.logs import correlation_hash, get_logger, mask_phone
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT
 from proxy.server.guarded import SendGuard
-from proxy.store.send_store import StoreError
+from proxy.store.send_store import SendRef, SendStore, StoreError
 from proxy.upstream.hosts import Upstream
 
 log = get_logger("sendguard.gate")
 
 STORE_DEGRADED = "store_degraded"
 STORE_RECOVERED = "store_recovered"
+OUTAGE_RECORDS_MERGED = "outage_records_merged"
 UNGUARDED_SEND = "unguarded_send"
 
 
@@ -54,7 +56,9 @@ class StoreMode(StrEnum):
 class StoreFailover:
     """Which store guards sends right now. `fallback` is SENDGUARD_ON_STORE_ERROR; `make_local`
     starts the private store on first need (none when the primary store is the embedded one:
-    there is nothing more local to fall back to, so `local` acts as `closed`)."""
+    there is nothing more local to fall back to, so `local` acts as `closed`).
+    `settle_after`: how long after the switch back a second merge pass runs, for outage
+    sends that were still in flight at the first (their owners' longest lease)."""
 
     def __init__(
         self,
@@ -62,7 +66,7 @@ class StoreFailover:
         fallback: StoreMode,
         metrics: Metrics,
         make_local: Callable[[], Awaitable[SendGuard]] | None = None,
-        probe_interval: float = 1.0,
+        settle_after: float = 0.0,
     ) -> None:
         self.shared = shared
         self.fallback = (
@@ -72,9 +76,11 @@ class StoreFailover:
         self._make_local = make_local
         self._local: SendGuard | None = None
         self._local_lock = asyncio.Lock()
-        self._probe_interval = probe_interval
-        self._probe: asyncio.Task[None] | None = None
+        self._settle_after = settle_after
+        self._late_merge: asyncio.Task[None] | None = None
         self.mode = StoreMode.SHARED
+        self.merging = False
+        self.local_active = 0  # sends being guarded by the local store right now
         self.degraded_since: float | None = None
         self._publish_mode()
 
@@ -83,23 +89,78 @@ class StoreFailover:
         return self.mode is not StoreMode.SHARED
 
     async def guard(self) -> SendGuard | None:
-        """The guard for the next send; None in `closed`/`open` while degraded."""
+        """The guard for the next send; None in `closed`/`open` and while merging."""
+        if self.merging:
+            return None
         if self.mode is StoreMode.SHARED:
             return self.shared
         if self.mode is StoreMode.LOCAL:
-            return await self._local_guard()
+            local = await self._local_guard()
+            # Starting the local store takes a while: the store may be back meanwhile, and a
+            # send must not begin on the outage store once the merge may have run.
+            if self.mode is StoreMode.LOCAL and not self.merging:
+                return local
+            return await self.guard()
         return None
 
-    def failed(self, step: str, error: str) -> None:
-        """The shared store failed: switch to the fallback until it answers again."""
-        if self.degraded:
-            return
-        self.mode = self.fallback
-        self.degraded_since = time.time()
+    async def store_changed(self, up: bool) -> bool:
+        """The prober's word. False when the switch back could not complete (try again)."""
+        if not up:
+            if not self.degraded:
+                self.mode = self.fallback
+                self.degraded_since = time.time()
+                self._publish_mode()
+                log.error(STORE_DEGRADED, mode=self.mode.value)
+            return True
+        if not self.degraded:
+            return True
+        if self.mode is StoreMode.LOCAL and self._local is not None:
+            # No send starts meanwhile (503, retry); the ones under way settle first, so the
+            # merge sees every outage record in its final state.
+            self.merging = True
+            try:
+                settled = await self._local_sends_settled()
+                merged = await merge_outage_records(self._local.store, self.shared.store)
+            except StoreError as exc:
+                log.error(STORE_DEGRADED, mode=self.mode.value, step="merge", error=str(exc))
+                return False
+            finally:
+                self.merging = False
+            log.warning(OUTAGE_RECORDS_MERGED, records=merged, stage="first")
+            if not settled:
+                self._schedule_late_merge(self._local.store)
+        outage = time.time() - (self.degraded_since or time.time())
+        self.mode = StoreMode.SHARED
+        self.degraded_since = None
         self._publish_mode()
-        log.error(STORE_DEGRADED, mode=self.mode.value, step=step, error=error)
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_back())
+        log.warning(STORE_RECOVERED, outage_s=round(outage, 1))
+        return True
+
+    async def _local_sends_settled(self) -> bool:
+        """Wait (at most one lease) for the sends on the local store to finish."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settle_after
+        while self.local_active > 0:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _schedule_late_merge(self, local: SendStore) -> None:
+        async def late() -> None:
+            await asyncio.sleep(self._settle_after)
+            for _ in range(10):
+                try:
+                    merged = await merge_outage_records(local, self.shared.store)
+                except StoreError:
+                    await asyncio.sleep(self._settle_after or 1.0)
+                    continue
+                log.info(OUTAGE_RECORDS_MERGED, records=merged, stage="late")
+                return
+
+        if self._late_merge is not None:
+            self._late_merge.cancel()
+        self._late_merge = asyncio.get_running_loop().create_task(late())
 
     async def _local_guard(self) -> SendGuard:
         if self._local is None:
@@ -109,33 +170,28 @@ class StoreFailover:
                     self._local = await self._make_local()
         return self._local
 
-    async def _probe_until_back(self) -> None:
-        while True:
-            await asyncio.sleep(self._probe_interval)
-            try:
-                await self.shared.store.ping()
-            except StoreError:
-                continue
-            outage = time.time() - (self.degraded_since or time.time())
-            self.mode = StoreMode.SHARED
-            self.degraded_since = None
-            self._publish_mode()
-            log.warning(STORE_RECOVERED, outage_s=round(outage, 1))
-            return
-
     def _publish_mode(self) -> None:
         for mode in StoreMode:
             self.metrics.store_mode.labels(mode.value).set(1 if mode is self.mode else 0)
 
     async def close(self) -> None:
+        if self._late_merge is not None:
+            self._late_merge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._late_merge
         for guard in (self.shared, self._local):
             if guard is not None:
                 await guard.drain()
                 await guard.store.drain()
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+
+
+async def merge_outage_records(local: SendStore, shared: SendStore) -> int:
+    """Copy the local store's send records into the shared store: an existing shared record
+    wins, except an in-flight copy of the very same claim, which takes its settled outcome."""
+    merged = 0
+    async for record_key, fields, ttl_ms in local.export_records():
+        merged += await shared.merge_record(record_key, fields, ttl_ms)
+    return merged
 
 
 class SendGate:
@@ -163,17 +219,17 @@ class SendGate:
             to_ref=correlation_hash(facts.to),
         )
         self._refuse_if_killed(facts)
-        for _ in range(2):  # the second pass only after the shared store failed mid-claim
-            guard = await self.failover.guard()
-            if guard is None:
-                return await self._degraded(request, facts, body, upstream)
-            try:
-                return await guard.handle(request, facts, body, upstream)
-            except StoreUnavailable as exc:
-                if guard is not self.failover.shared:
-                    raise  # the local store failed too: nothing more to fall back to
-                self.failover.failed("claim", str(exc.__cause__ or exc))
-        return await self._degraded(request, facts, body, upstream)
+        guard = await self.failover.guard()
+        if guard is None:
+            return await self._degraded(request, facts, body, upstream)
+        if guard is self.failover.shared:
+            return await guard.handle(request, facts, body, upstream)
+        # Counted from the moment it was chosen (no await in between): the merge waits for it.
+        self.failover.local_active += 1
+        try:
+            return await guard.handle(request, facts, body, upstream)
+        finally:
+            self.failover.local_active -= 1
 
     def _refuse_if_killed(self, facts: SendFacts) -> None:
         now = time.time()
@@ -188,9 +244,19 @@ class SendGate:
     async def _degraded(
         self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
     ) -> web.Response:
+        # A duplicate of a send whose outcome is still owed to the store: answered from memory.
+        pending = await self.failover.shared.answer_pending(request[CONTEXT], facts, _ref(facts))
+        if pending is not None:
+            return pending
+        if self.failover.merging:
+            raise StoreUnavailable(reason="store-merging-outage-records")
         if self.failover.mode is StoreMode.OPEN:
             log.warning(UNGUARDED_SEND, request_id=request[CONTEXT].request_id,
                         account=facts.account_sid, to=mask_phone(facts.to))  # fmt: skip
             self.metrics.unguarded_sends.inc()
             return await self.failover.shared.forward_unguarded(request, facts, body, upstream)
         raise StoreUnavailable(reason=f"store-down-{self.failover.mode.value}")
+
+
+def _ref(facts: SendFacts) -> SendRef:
+    return SendRef(facts.recipient_tag, facts.dedup_id)

@@ -20,7 +20,6 @@ import json
 import random
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -43,13 +42,12 @@ from proxy.errors import (
 from proxy.guard.dedup import (
     Action,
     DedupRecord,
-    Outcome,
     RecordState,
     StoredResponse,
-    classify_status,
     decide,
 )
 from proxy.guard.facts import SendFacts
+from proxy.guard.outcome import AttemptEnd, Settlement, StoreAction, settle
 from proxy.guard.protection import (
     AccountCeiling,
     GuardMode,
@@ -75,6 +73,8 @@ from proxy.server.headers import (
     replayable_headers,
     upstream_request_headers,
 )
+from proxy.server.learning import identity_body
+from proxy.server.settlement import PendingOutcome, SettlementJournal
 from proxy.store.send_store import (
     ClaimRequest,
     ClaimResult,
@@ -144,20 +144,22 @@ class GuardPolicy:
 
 @dataclass(frozen=True)
 class CallbackRouting:
-    """The tee's part in a send: StatusCallback rewritten to sendguard, and the auth token of
-    a send Twilio accepted remembered to verify that send's callbacks."""
+    """The tee's part in a send: StatusCallback rewritten to sendguard (bound to this send's
+    account, recipient and dedup id), and the auth token of a send Twilio accepted remembered
+    to verify that send's callbacks."""
 
     codec: CallbackUrlCodec
     tokens: AuthTokenBook
 
     def outbound_body(self, facts: SendFacts, body: bytes) -> bytes:
         # The fingerprint stays that of the app's own form: a retry dedups either way.
-        rewritten = rewrite_status_callback(facts.form, self.codec)
+        rewritten = rewrite_status_callback(facts.form, self.codec, facts)
         return body if rewritten is None else encode_form(rewritten)
 
     def learn_credential(self, authorization: str, upstream_status: int) -> None:
-        # Only a credential Twilio accepted: a refused one may be a forger's (tee/tokens.py).
-        if upstream_status < 500 and upstream_status not in (401, 403):
+        # Only from a create Twilio accepted (2xx): a 400/404/final 429 proves nothing about
+        # the credential, and a refused one may be a forger's (tee/tokens.py).
+        if 200 <= upstream_status < 300:
             self.tokens.learn_from_authorization(authorization)
 
 
@@ -169,14 +171,15 @@ class SendGuard:
         policy: GuardPolicy,
         metrics: Metrics,
         callbacks: CallbackRouting | None = None,
+        journal: SettlementJournal | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.policy = policy
         self.metrics = metrics
         self.callbacks = callbacks
-        # Told of every store failure (the gate's failover listens on the shared store's guard).
-        self.on_store_error: Callable[[str, str], None] | None = None
+        # Outcomes the store has not accepted yet; shared by the guards of every store mode.
+        self.journal = journal if journal is not None else SettlementJournal(metrics)
         self._settling: set[asyncio.Future[None]] = set()
 
     async def drain(self) -> None:
@@ -191,30 +194,42 @@ class SendGuard:
         sent (the gate may then retry the whole send on another store)."""
         ctx = request[CONTEXT]
         ref = SendRef(facts.recipient_tag, facts.dedup_id)
+        answered = await self.answer_pending(ctx, facts, ref)
+        if answered is not None:
+            return answered
+        if self.journal.full:
+            # Every slot holds an outcome of a send already made: take no new risk.
+            raise StoreUnavailable(reason="settlement-journal-full")
         token = secrets.token_hex(16)
         claim_request = self.policy.claim_request(facts, token, _reconciliation_meta(facts))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.inflight_wait
         delay = self.policy.poll_first
         while True:
-            claim = await self._claim(ctx, ref, claim_request)
+            claim = await self._claim(ctx, facts, ref, claim_request)
             if claim.key_owner is not None and claim.key_owner != f"{ref.tag} {facts.payload_hash}":
                 if claim.claimed:
-                    await self._release(ctx, ref, token)
+                    await self._release(ctx, facts, ref, token)
                 self._dedup_hit(Decision.KEY_MISMATCH, facts)
                 raise KeyMismatch(reason="key-reused-with-other-payload")
             if claim.claimed:
-                await self._apply_protection(ctx, ref, token, claim)
+                await self._apply_protection(ctx, facts, ref, token, claim)
+                admitted: tuple[tuple[int, int], ...] = ()
                 if self.policy.account_ceiling.active:
-                    await self._apply_account_ceiling(ctx, facts, ref, token, claim.now_ms)
+                    admitted = await self._apply_account_ceiling(
+                        ctx, facts, ref, token, claim.now_ms
+                    )
                 if self.callbacks is not None:
                     body = self.callbacks.outbound_body(facts, body)
-                return await self._forward(request, ctx, facts, ref, body, upstream, token)
+                return await self._forward(
+                    request, ctx, facts, ref, body, upstream, token, admitted
+                )
             mine = claim.record
             if mine is not None and mine.token == token and mine.state is RecordState.IN_FLIGHT:
                 # Our own claim, run twice: its first answer was lost and the client retried
                 # it. Nothing was sent; hand it back and claim afresh for a full verdict.
-                await self._release(ctx, ref, token)
+                if not await self._release(ctx, facts, ref, token):
+                    raise StoreUnavailable(reason="store-error")
                 continue
             decision = decide(
                 claim.record,
@@ -245,23 +260,54 @@ class SendGuard:
             delay = min(delay * 2, self.policy.poll_max)
 
     def _store_failed(self, ctx: RequestContext, step: str, exc: StoreError) -> None:
+        # Counted and logged only: whether the store is down is the health prober's call,
+        # never one failed command's (SPEC §3.4).
         self.metrics.store_errors.labels(step).inc()
         log.error(STORE_ERROR, request_id=ctx.request_id, step=step, error=str(exc))
-        if self.on_store_error is not None:
-            self.on_store_error(step, str(exc))
+
+    async def answer_pending(
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef
+    ) -> web.Response | None:
+        """A duplicate of a send whose outcome the store has not accepted yet is answered
+        from the journal: the real answer, or 409 while it is UNKNOWN. None: go on."""
+        pending = self.journal.pending(ref)
+        if pending is None:
+            return None
+        if facts.by_key and pending.payload_hash != facts.payload_hash:
+            self._dedup_hit(Decision.KEY_MISMATCH, facts)
+            raise KeyMismatch(reason="key-reused-with-other-payload")
+        kind = "key" if facts.by_key else "fingerprint"
+        if pending.action is StoreAction.RELEASE:
+            # Nothing was sent. On another store the send may go on; on the store that still
+            # holds the claim, only once the release is written.
+            if pending.store is not self.store or await self.journal.retry_now(pending):
+                return None
+            raise StoreUnavailable(reason="release-unsettled")
+        if pending.action is StoreAction.MARK_UNKNOWN:
+            self._dedup_hit(Decision.OUTCOME_UNKNOWN, facts)
+            raise OutcomeUnknown(reason="unknown-unsettled")
+        assert pending.response is not None
+        self._dedup_hit(Decision.REPLAYED, facts)
+        return _replay_response(ctx, pending.response, pending.message_sid,
+                                f"duplicate-{kind}-unsettled")  # fmt: skip
 
     def _dedup_hit(self, kind: Decision, facts: SendFacts) -> None:
         self.metrics.dedup_hits.labels(kind.value, "key" if facts.by_key else "fingerprint").inc()
 
-    async def _claim(self, ctx: RequestContext, ref: SendRef, request: ClaimRequest) -> ClaimResult:
+    async def _claim(
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef, request: ClaimRequest
+    ) -> ClaimResult:
         try:
             return await self.store.claim(ref, request)
         except StoreError as exc:
             self._store_failed(ctx, "claim", exc)
+            # The claim may have run with its answer lost: hand it back, or it would block
+            # the message although nothing was sent ("a claim happens whole", SPEC §3.1).
+            await self._release(ctx, facts, ref, request.token)
             raise StoreUnavailable(reason="store-error") from exc
 
     async def _apply_protection(
-        self, ctx: RequestContext, ref: SendRef, token: str, claim: ClaimResult
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, claim: ClaimResult
     ) -> None:
         assert claim.recipient is not None
         verdict = judge(claim.recipient, self.policy.protection, claim.now_ms)
@@ -277,6 +323,7 @@ class SendGuard:
             return
         await self._release(
             ctx,
+            facts,
             ref,
             token,
             trip_ms=verdict.trip_ms,
@@ -310,20 +357,22 @@ class SendGuard:
 
     async def _apply_account_ceiling(
         self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, now_ms: int
-    ) -> None:
+    ) -> tuple[tuple[int, int], ...]:
         """One more round trip, only when a ceiling is configured (its keys live in the
-        account's slot, which the recipient's claim script cannot touch on a cluster)."""
+        account's slot, which the recipient's claim script cannot touch on a cluster).
+        The windows the send was counted in (to take it out again if Twilio refuses it)."""
         ceiling = self.policy.account_ceiling
+        slots = ceiling.slots(now_ms)
         try:
             counts = await self.store.admit_account(
                 facts.account_sid,
-                ceiling.slots(now_ms),
+                slots,
                 [window.count for window in ceiling.windows],
                 enforce=ceiling.mode is GuardMode.ENFORCE,
             )
         except StoreError as exc:
-            await self._release(ctx, ref, token)
             self._store_failed(ctx, "account", exc)
+            await self._release(ctx, facts, ref, token)
             raise StoreUnavailable(reason="store-error") from exc
         verdict = judge_account(counts, ceiling, now_ms)
         if verdict.would_block:
@@ -333,12 +382,13 @@ class SendGuard:
             log.warning(WOULD_BLOCK, request_id=ctx.request_id, decision=verdict.decision,
                         reason=verdict.reason, account=facts.account_sid)  # fmt: skip
         if not verdict.allow:
-            await self._release(ctx, ref, token)
+            await self._release(ctx, facts, ref, token)
             raise RateLimited(
                 "too many messages from this account in this window",
                 retry_after=verdict.retry_after,
                 reason=verdict.reason,
             )
+        return slots
 
     async def _forward(
         self,
@@ -349,39 +399,39 @@ class SendGuard:
         body: bytes,
         upstream: Upstream,
         token: str,
+        admitted: tuple[tuple[int, int], ...] = (),
     ) -> web.Response:
         ctx.decide(Decision.FORWARDED, "first-attempt")
         try:
             # Identity encoding: a stored answer must be replayable to any client.
             result = await self._timed_send(request, facts, body, upstream, identity=True)
         except NotSent as exc:
-            await self._release(ctx, ref, token)
+            await self._settle(ctx, facts, ref, token, settle(AttemptEnd.CONNECT_FAILED))
             raise UpstreamUnreachable(reason="connect-failed") from exc
         except SentNoAnswer as exc:
-            await self._mark_own_unknown(ctx, facts, ref, token, f"upstream-{exc.kind}")
-            error = UpstreamTimedOut if exc.kind == "timeout" else UpstreamReset
-            raise error(reason=f"upstream-{exc.kind}") from exc
+            timed_out = exc.kind == "timeout"
+            settlement = settle(AttemptEnd.TIMED_OUT if timed_out else AttemptEnd.RESET)
+            await self._settle(ctx, facts, ref, token, settlement)
+            error = UpstreamTimedOut if timed_out else UpstreamReset
+            raise error(reason=settlement.reason) from exc
         except asyncio.CancelledError:
             # The request may already be on the wire; settle before letting the cancel through.
             # The task is tracked so that shutdown waits for it before closing the store.
-            settle = asyncio.ensure_future(
-                self._mark_own_unknown(ctx, facts, ref, token, "cancelled")
+            cancelled = asyncio.ensure_future(
+                self._settle(ctx, facts, ref, token, settle(AttemptEnd.CANCELLED))
             )
-            self._settling.add(settle)
-            settle.add_done_callback(self._settling.discard)
-            await asyncio.shield(settle)
+            self._settling.add(cancelled)
+            cancelled.add_done_callback(self._settling.discard)
+            await asyncio.shield(cancelled)
             raise
         if self.callbacks is not None:
             self.callbacks.learn_credential(request.headers.get("Authorization", ""), result.status)
-        outcome = classify_status(result.status)
-        if outcome is Outcome.NOT_SENT:
-            await self._release(ctx, ref, token)
-            ctx.reason = "upstream-429-released"
-        elif outcome is Outcome.AMBIGUOUS:
-            await self._mark_own_unknown(ctx, facts, ref, token, f"upstream-{result.status}")
-            ctx.reason = f"upstream-{result.status}-outcome-unknown"
-        else:
-            await self._complete(ctx, facts, ref, token, result)
+        settlement = settle(AttemptEnd.ANSWERED, result.status)
+        if settlement.reason != "first-attempt":
+            ctx.reason = settlement.reason
+        await self._settle(ctx, facts, ref, token, settlement, result)
+        if admitted and not settlement.counted:
+            await self._unadmit(ctx, facts, admitted)
         return web.Response(
             status=result.status,
             body=result.body,
@@ -397,8 +447,9 @@ class SendGuard:
         *,
         identity: bool,
     ) -> UpstreamResult:
-        """One send upstream (429s retried within the budget), timed and counted. NotSent and
-        SentNoAnswer propagate: what they mean for the record is the caller's to settle."""
+        """One send upstream (429s retried within the budget, all under one total deadline),
+        timed and counted. NotSent and SentNoAnswer propagate: what they mean for the record is
+        the caller's to settle."""
         ctx = request[CONTEXT]
         headers = upstream_request_headers(
             request.headers, upstream.authority, identity_encoding=identity
@@ -418,37 +469,76 @@ class SendGuard:
         self, ctx: RequestContext, method: str, url: str, headers: CIMultiDict[str], body: bytes
     ) -> UpstreamResult:
         """Twilio's 429 means "never processed": retry it here, with exponential backoff and
-        jitter, honouring Retry-After, while the budget lasts; then the 429 goes back."""
+        jitter, honouring Retry-After, while the budget lasts; then the 429 goes back.
+
+        The whole of it runs under one total deadline (`UpstreamClient.deadline`: the budget
+        plus one full attempt, the base of the claim's lease), so an upstream that trickles its
+        answer cannot keep the owner sending after its record could be claimed again. Past the
+        deadline the request is cut and the answer is ambiguous: SentNoAnswer("timeout")."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.policy.retry_429_budget
+        started = loop.time()
+        retry_until = started + self.policy.retry_429_budget
+        deadline = started + self.client.deadline(self.policy.retry_429_budget)
         backoff = 0.1
         attempt = 0
-        while True:
-            result = await self.client.send(method, url, headers, body)
-            if result.status != 429:
-                return result
-            wait = max(_retry_after(result), backoff) * random.uniform(0.8, 1.2)
-            if loop.time() + wait > deadline:
-                return result
-            attempt += 1
-            ctx.fields["upstream_429_retries"] = attempt
-            self.metrics.upstream_429_retries.inc()
-            await asyncio.sleep(wait)
-            backoff = min(backoff * 2, 5.0)
+        try:
+            async with asyncio.timeout_at(deadline):
+                while True:
+                    result = await self.client.send(method, url, headers, body)
+                    if result.status != 429:
+                        return result
+                    wait = max(_retry_after(result), backoff) * random.uniform(0.8, 1.2)
+                    if loop.time() + wait > retry_until:
+                        return result
+                    attempt += 1
+                    ctx.fields["upstream_429_retries"] = attempt
+                    self.metrics.upstream_429_retries.inc()
+                    await asyncio.sleep(wait)
+                    backoff = min(backoff * 2, 5.0)
+        except TimeoutError as exc:
+            # Only the deadline's own expiry: the client translates its per-read timeouts.
+            raise SentNoAnswer("timeout", "upstream deadline passed") from exc
 
-    async def _complete(
+    async def _settle(
+        self,
+        ctx: RequestContext,
+        facts: SendFacts,
+        ref: SendRef,
+        token: str,
+        settlement: Settlement,
+        result: UpstreamResult | None = None,
+    ) -> None:
+        """Record how the attempt ended (guard/outcome.py). Never raises a store failure:
+        what the store does not accept now, the journal keeps and retries."""
+        action = settlement.action
+        if action is StoreAction.RELEASE:
+            await self._release(ctx, facts, ref, token)
+            return
+        if action is StoreAction.MARK_UNKNOWN:
+            pending = self._unknown_outcome(ctx, facts, ref, token, settlement.unknown_reason)
+        else:
+            assert result is not None
+            pending = self._completion(ctx, facts, ref, token, result, settlement)
+        error = await self.journal.settle(pending)
+        if error is not None:
+            self._store_failed(ctx, action.value, error)
+
+    def _completion(
         self,
         ctx: RequestContext,
         facts: SendFacts,
         ref: SendRef,
         token: str,
         result: UpstreamResult,
-    ) -> None:
-        sid = _message_sid(result)
+        settlement: Settlement,
+    ) -> PendingOutcome:
+        # Parsed from the identity form: Twilio may compress although sendguard asked it not to.
+        readable = identity_body(result.body, result.headers.get("Content-Encoding", ""))
+        sid = _message_sid(result.status, readable)
         if sid:
             ctx.fields["message_sid"] = sid
         learned = learn(
-            error_code_in(result.status, result.body),
+            error_code_in(result.status, readable),
             self.policy.suppression_rules,
             sender=facts.sender,
             content=facts.content,
@@ -461,7 +551,9 @@ class SendGuard:
                         code=learned[1].code, scope=learned[0].split(":", 1)[0],
                         **_scope_fields(ctx))  # fmt: skip
         stored = StoredResponse(result.status, replayable_headers(result.headers), result.body)
-        try:
+        request_id = ctx.request_id
+
+        async def write() -> None:
             done = await self.store.complete(
                 ref,
                 token=token,
@@ -470,38 +562,25 @@ class SendGuard:
                 ttl_ms=self.policy.ttl_ms(facts),
                 content=facts.content,
                 learned=[learned] if learned else [],
+                uncount=not settlement.counted,
             )
-        except StoreError as exc:
-            # The message WAS sent: answer with it. The unrecorded claim turns UNKNOWN when
-            # its lease runs out, so a duplicate is refused rather than resent.
-            self._store_failed(ctx, "complete", exc)
-            return
-        if done == 0:
-            log.warning(CLAIM_LOST, request_id=ctx.request_id, step="complete")
+            if done == 0:
+                log.warning(CLAIM_LOST, request_id=request_id, step="complete")
 
-    async def _release(
-        self,
-        ctx: RequestContext,
-        ref: SendRef,
-        token: str,
-        *,
-        trip_ms: int = 0,
-        breaker_ttl_ms: int = 0,
-    ) -> None:
-        try:
-            released = await self.store.release(
-                ref, token=token, trip_ms=trip_ms, breaker_ttl_ms=breaker_ttl_ms
-            )
-        except StoreError as exc:
-            self._store_failed(ctx, "release", exc)
-            return
-        if not released:
-            log.warning(CLAIM_LOST, request_id=ctx.request_id, step="release")
+        return PendingOutcome(
+            ref, settlement.action, facts.payload_hash, write, self.store, stored, sid
+        )
 
-    async def _mark_own_unknown(
+    def _unknown_outcome(
         self, ctx: RequestContext, facts: SendFacts, ref: SendRef, token: str, reason: str
-    ) -> None:
-        try:
+    ) -> PendingOutcome:
+        # Counted and logged when decided: from this instance's view the send is UNKNOWN now,
+        # whether the store takes the mark at once or only later from the journal.
+        self.metrics.records_unknown.labels(reason.split("-", 1)[-1]).inc()
+        log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id, reason=reason,
+                    **_scope_fields(ctx))  # fmt: skip
+
+        async def write() -> None:
             await self.store.mark_unknown(
                 ref,
                 token=token,
@@ -509,12 +588,46 @@ class SendGuard:
                 ttl_ms=self.policy.unknown_ttl_ms(facts),
                 require_expired=False,
             )
+
+        return PendingOutcome(ref, StoreAction.MARK_UNKNOWN, facts.payload_hash, write, self.store)
+
+    async def _release(
+        self,
+        ctx: RequestContext,
+        facts: SendFacts,
+        ref: SendRef,
+        token: str,
+        *,
+        trip_ms: int = 0,
+        breaker_ttl_ms: int = 0,
+    ) -> bool:
+        """Hand back a claim (nothing was sent). True when the store took it now; otherwise
+        the journal keeps retrying, so the claim never blocks the message for long."""
+        request_id = ctx.request_id
+
+        async def write() -> None:
+            released = await self.store.release(
+                ref, token=token, trip_ms=trip_ms, breaker_ttl_ms=breaker_ttl_ms
+            )
+            if not released:
+                log.warning(CLAIM_LOST, request_id=request_id, step="release")
+
+        pending = PendingOutcome(ref, StoreAction.RELEASE, facts.payload_hash, write, self.store)
+        error = await self.journal.settle(pending)
+        if error is not None:
+            self._store_failed(ctx, "release", error)
+            return False
+        return True
+
+    async def _unadmit(
+        self, ctx: RequestContext, facts: SendFacts, slots: tuple[tuple[int, int], ...]
+    ) -> None:
+        """Twilio refused the send: it leaves the account's windows. Best effort, not
+        journaled (a decrement is not safe to repeat); a failure only over-counts."""
+        try:
+            await self.store.unadmit_account(facts.account_sid, slots)
         except StoreError as exc:
-            self._store_failed(ctx, "mark_unknown", exc)
-            return
-        self.metrics.records_unknown.labels(reason.split("-", 1)[-1]).inc()
-        log.warning(RECORD_MARKED_UNKNOWN, request_id=ctx.request_id, reason=reason,
-                    **_scope_fields(ctx))  # fmt: skip
+            self._store_failed(ctx, "account", exc)
 
     async def _mark_stale(
         self, ctx: RequestContext, facts: SendFacts, ref: SendRef, record: DedupRecord
@@ -561,20 +674,26 @@ def _retry_after(result: UpstreamResult) -> float:
 
 def _replay(ctx: RequestContext, record: DedupRecord, reason: str) -> web.Response:
     assert record.response is not None, "a DONE record always holds its response"
+    return _replay_response(ctx, record.response, record.message_sid, reason)
+
+
+def _replay_response(
+    ctx: RequestContext, response: StoredResponse, message_sid: str, reason: str
+) -> web.Response:
     ctx.decide(Decision.REPLAYED, reason)
-    ctx.upstream_status = record.response.status
-    if record.message_sid:
-        ctx.fields["message_sid"] = record.message_sid
-    headers = CIMultiDict(record.response.headers)
+    ctx.upstream_status = response.status
+    if message_sid:
+        ctx.fields["message_sid"] = message_sid
+    headers = CIMultiDict(response.headers)
     headers[REPLAYED_HEADER] = "true"
-    return web.Response(status=record.response.status, body=record.response.body, headers=headers)
+    return web.Response(status=response.status, body=response.body, headers=headers)
 
 
-def _message_sid(result: UpstreamResult) -> str:
-    if not 200 <= result.status < 300:
+def _message_sid(status: int, body: bytes) -> str:
+    if not 200 <= status < 300:
         return ""
     try:
-        payload = json.loads(result.body)
+        payload = json.loads(body)
     except ValueError:
         return ""  # e.g. the XML flavour of the API
     sid = payload.get("sid") if isinstance(payload, dict) else None

@@ -22,8 +22,11 @@ _HOP_BY_HOP = frozenset(
     )
 )  # fmt: skip
 # What a replay repeats of the original answer: enough for every SDK to parse it the same way.
+# The body is replayed byte for byte, so an encoded one (an upstream that compressed although
+# asked for identity) is only readable with its Content-Encoding.
 REPLAYED_RESPONSE_HEADERS = (
     "Content-Type",
+    "Content-Encoding",
     "Location",
     "Twilio-Request-Id",
     "Twilio-Request-Duration",
@@ -42,13 +45,19 @@ def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set
 def upstream_request_headers(
     incoming: CIMultiDictProxy[str], upstream_authority: str, *, identity_encoding: bool
 ) -> CIMultiDict[str]:
+    """`identity_encoding`: ask for an unencoded answer (`Accept-Encoding: identity`, whatever
+    the client accepts): a stored answer is replayed to any client, also one that cannot
+    decode what the first client could. Merely dropping the header would not do: RFC 9110
+    §12.5.3 lets a server pick any coding when the request names none."""
     drop = _HOP_BY_HOP | _connection_listed(incoming) | {UPSTREAM_HOST_HEADER.lower()}
     if identity_encoding:
-        drop |= {"accept-encoding"}  # stored answers must be replayable to any client
+        drop |= {"accept-encoding"}
     out: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in incoming.items() if name.lower() not in drop
     )
     out["Host"] = upstream_authority
+    if identity_encoding:
+        out["Accept-Encoding"] = "identity"
     return out
 
 

@@ -61,7 +61,7 @@ class SuppressionLearner:
         )
 
     def learn_in_background(self, body: bytes, content_encoding: str = "") -> None:
-        body = _decoded(body, content_encoding)
+        body = identity_body(body, content_encoding)
         if not body:
             return
         if len(self._tasks) >= MAX_PENDING:
@@ -141,8 +141,9 @@ class SuppressionLearner:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _decoded(body: bytes, encoding: str, limit: int = 4 * 1024 * 1024) -> bytes:
-    """The identity body of a passthrough answer (SDKs ask for gzip); b"" when unreadable."""
+def identity_body(body: bytes, encoding: str, limit: int = 4 * 1024 * 1024) -> bytes:
+    """The identity body of an answer (SDKs ask for gzip; Twilio may compress unasked); b"" when
+    unreadable."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body

@@ -15,6 +15,7 @@ from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRe
 from proxy.logs import REQUEST_FINISHED, get_logger, mask_phones_in
 from proxy.server.context import CONTEXT, RequestContext, request_id_from
 from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
+from proxy.server.target import TARGET, canonical_target
 from proxy.tee.urls import CALLBACK_PATH_PREFIX
 
 log = get_logger("sendguard.proxy")
@@ -39,10 +40,13 @@ def stamp(response: web.StreamResponse, ctx: RequestContext) -> None:
 
 
 def refuse_unroutable(request: web.Request) -> None:
+    """Refusals before any routing, and the request's one canonical target (SPEC §2): every
+    handler routes and forwards `request[TARGET]`, never `request.path` or `raw_path`."""
     if request.method == "CONNECT":
         raise UpstreamRefused("CONNECT is not supported: point the client's base URL here")
     if not request.raw_path.startswith("/"):
         raise UpstreamRefused("absolute-form request targets are not accepted (not a relay)")
+    request[TARGET] = canonical_target(request.raw_path)
 
 
 @web.middleware

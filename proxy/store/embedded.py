@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -56,6 +57,7 @@ class EmbeddedStore:
         self._run_dir: Path | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._lock_fd: int | None = None
+        self.restarts = 0
 
     @property
     def socket_path(self) -> Path:
@@ -79,7 +81,12 @@ class EmbeddedStore:
             args += ["--dir", str(self._data_dir), "--appendonly", "yes"]
             args += ["--appendfsync", "everysec"]
         else:
-            args += ["--dir", str(self._run_dir), "--appendonly", "no"]
+            # Even "in memory" keeps an AOF in the private run dir, for the supervisor: a server
+            # that is killed and restarted comes back with every acknowledged write (valkey
+            # write()s the AOF before it replies; only a host crash could lose the last second),
+            # so a retry of a send made before the crash is still a duplicate.
+            args += ["--dir", str(self._run_dir), "--appendonly", "yes"]
+            args += ["--appendfsync", "everysec"]
         return args
 
     async def start(self, wait_seconds: float = 10.0) -> str:
@@ -88,8 +95,14 @@ class EmbeddedStore:
         if self._data_dir is not None:
             self._data_dir.mkdir(parents=True, exist_ok=True)
             await self._lock_data_dir(wait_seconds)
+        await self._spawn(binary)
+        await self._wait_ready(wait_seconds)
+        return self.url
+
+    async def _spawn(self, binary: str) -> None:
+        assert self._run_dir is not None
         log_path = self._run_dir / "valkey.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:
             self._process = await asyncio.create_subprocess_exec(
                 binary,
                 *self._arguments(),
@@ -99,8 +112,30 @@ class EmbeddedStore:
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
             )
-        await self._wait_ready(wait_seconds)
-        return self.url
+
+    async def supervise(
+        self, on_restart: Callable[[int], None], wait_seconds: float = 10.0
+    ) -> None:
+        """Restart the server whenever it dies (same socket, same data dir), until `stop()`.
+        Meanwhile the health prober sees the store down, and readiness and metrics say so."""
+        binary = self._binary or find_server_binary()
+        while True:
+            process = self._process
+            if process is None:
+                return
+            code = await process.wait()
+            if self._process is not process:
+                return  # stopped on purpose
+            self.restarts += 1
+            on_restart(code)
+            await asyncio.sleep(min(0.1 * self.restarts, 2.0))  # no hot loop on a crash loop
+            if self._process is not process:
+                return
+            try:
+                await self._spawn(binary)
+                await self._wait_ready(wait_seconds, stop_on_failure=False)
+            except EmbeddedStoreError:
+                continue  # try again; the prober keeps reporting the store down
 
     async def _lock_data_dir(self, wait_seconds: float) -> None:
         """One server per data dir. The lock fd is inherited by valkey-server, so after a crash
@@ -122,13 +157,14 @@ class EmbeddedStore:
                     ) from None
                 await asyncio.sleep(0.05)
 
-    async def _wait_ready(self, wait_seconds: float) -> None:
+    async def _wait_ready(self, wait_seconds: float, *, stop_on_failure: bool = True) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_seconds
         while loop.time() < deadline:
             if self._process is not None and self._process.returncode is not None:
                 output = (self.socket_path.parent / "valkey.log").read_text(errors="replace")
-                await self.stop()
+                if stop_on_failure:
+                    await self.stop()
                 raise EmbeddedStoreError(f"valkey-server exited: {output[-2000:]}")
             if self.socket_path.exists():
                 client = Redis(unix_socket_path=str(self.socket_path))
@@ -140,8 +176,14 @@ class EmbeddedStore:
                 finally:
                     await client.aclose()
             await asyncio.sleep(0.02)
-        await self.stop()
+        if stop_on_failure:
+            await self.stop()
         raise EmbeddedStoreError(f"valkey-server not ready within {wait_seconds}s")
+
+    def kill_for_test(self) -> None:
+        """SIGKILL the server process (tests of the supervisor)."""
+        assert self._process is not None
+        self._process.kill()
 
     async def stop(self) -> None:
         process, self._process = self._process, None

@@ -82,3 +82,15 @@ def kill_switch_channel() -> str:
     Same tag, so a cluster subscriber connects to the switches' node (classic PUBLISH reaches
     every node of a cluster anyway)."""
     return f"{_BASE}:{{killswitch}}:changed"
+
+
+# What an outage store hands over when the shared store is back (send records, key indexes).
+EXPORT_PATTERN = f"{_BASE}:*"
+
+
+def is_key_index(key: str) -> bool:
+    return key.startswith(_BASE + ":{") and key.endswith("}:key")
+
+
+def is_exported(key: str) -> bool:
+    return ":rec:" in key or is_key_index(key)

@@ -81,11 +81,14 @@ return {'claimed', now, cjson.encode({
 )
 
 # Returns 1 completed, 2 already completed by this token, 0 not the owner (or record gone).
+# With uncount=1 (a definite refusal such as 401 or 21211: Twilio sent nothing) the send
+# leaves the recipient's send log, so bad requests cannot use up someone's budget.
 COMPLETE = """
 local record = KEYS[1]
 local breaker = KEYS[2]
 local suppressed = KEYS[3]
 local messages = KEYS[4]
+local sends = KEYS[5]
 local token = ARGV[1]
 local status = ARGV[2]
 local headers = ARGV[3]
@@ -94,8 +97,10 @@ local message_sid = ARGV[5]
 local ttl_ms = tonumber(ARGV[6])
 local content_field = ARGV[7]
 local learned = ARGV[8]           -- lines of 'field<TAB>value<TAB>ttl_ms'
+local uncount = ARGV[9] == '1'
 if redis.call('HGET', record, 't') ~= token then return 0 end
 if redis.call('HGET', record, 's') == 'done' then return 2 end
+if uncount then redis.call('ZREM', sends, token) end
 redis.call('HSET', record, 's', 'done', 'st', status, 'h', headers, 'b', body, 'sid', message_sid)
 redis.call('HDEL', record, 'u')
 redis.call('PEXPIRE', record, ttl_ms)
@@ -196,4 +201,40 @@ end
 local reply = {over}
 for i = 1, #counts do reply[i + 1] = counts[i] end
 return reply
+"""
+
+# Take a send the ceiling counted back out (Twilio refused it definitely). A window that has
+# already expired is left alone rather than recreated at -1.
+ACCOUNT_UNADMIT = """
+for _, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then redis.call('DECR', key) end
+end
+return #KEYS
+"""
+
+# The outage merge: a record made on an instance's private store during an outage joins the
+# shared store. An existing record wins (UNKNOWN is never downgraded, DONE never replaced),
+# except an in-flight copy of the very same claim (same token), which takes the settled
+# outcome. Returns 1 taken, 0 left alone.
+MERGE_RECORD = """
+local record = KEYS[1]
+local ttl_ms = tonumber(ARGV[1])
+local fields = {}
+local state, token = nil, nil
+for i = 2, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 's' then state = ARGV[i + 1] end
+  if ARGV[i] == 't' then token = ARGV[i + 1] end
+end
+if redis.call('EXISTS', record) == 1 then
+  if redis.call('HGET', record, 's') ~= 'inflight' or state == 'inflight'
+     or redis.call('HGET', record, 't') ~= token then
+    return 0
+  end
+  redis.call('DEL', record)
+end
+redis.call('HSET', record, unpack(fields))
+redis.call('PEXPIRE', record, ttl_ms)
+return 1
 """

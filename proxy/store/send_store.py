@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from proxy.guard.dedup import DedupRecord, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
@@ -27,6 +27,12 @@ from proxy.store.batching import AutoPipeline, Step
 
 RedisClient = Redis | RedisCluster
 MESSAGE_INDEX_TTL_MS = 7 * 86_400_000
+# A cluster client opens at most this many connections per node (redis-py raises
+# MaxConnectionsError past it); concurrent store operations are bounded well below it, so a
+# burst of sends waits for a connection instead of failing. Each operation holds up to
+# three connections at once (a keyed claim's three commands).
+CLUSTER_NODE_CONNECTIONS = 384
+CLUSTER_CONCURRENT_OPERATIONS = CLUSTER_NODE_CONNECTIONS // 3
 
 
 class StoreError(Exception):
@@ -35,9 +41,16 @@ class StoreError(Exception):
 
 @asynccontextmanager
 async def translate_store_errors() -> AsyncIterator[None]:
+    """The one boundary: whatever the store client raises becomes StoreError. Not only
+    RedisError: redis-py's cluster layer raises RedisClusterException (not a RedisError),
+    and races on fresh cluster connections have surfaced as AttributeError/IndexError. For
+    the guard every one of them means the same, "the store did not answer": refuse before
+    sending, keep the outcome in the journal after. Cancellation is not an error."""
     try:
         yield
-    except (RedisError, OSError, TimeoutError) as exc:
+    except StoreError:
+        raise
+    except Exception as exc:
         raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -100,8 +113,25 @@ class SendStore:
         self._release = redis.register_script(scripts.RELEASE)
         self._mark_unknown = redis.register_script(scripts.MARK_UNKNOWN)
         self._account_admit = redis.register_script(scripts.ACCOUNT_ADMIT)
+        self._account_unadmit = redis.register_script(scripts.ACCOUNT_UNADMIT)
         # The hot path's calls are auto-pipelined on a standalone Redis (batching.py).
         self._batch = None if isinstance(redis, RedisCluster) else AutoPipeline(redis)
+        self._merge = redis.register_script(scripts.MERGE_RECORD)
+        self._admission = (
+            asyncio.Semaphore(CLUSTER_CONCURRENT_OPERATIONS)
+            if isinstance(redis, RedisCluster)
+            else None
+        )
+
+    @asynccontextmanager
+    async def _call(self) -> AsyncIterator[None]:
+        """One store operation: admitted (cluster: bounded concurrency), errors translated."""
+        if self._admission is None:
+            async with translate_store_errors():
+                yield
+            return
+        async with self._admission, translate_store_errors():
+            yield
 
     async def claim(self, ref: SendRef, request: ClaimRequest) -> ClaimResult:
         claim_keys = [
@@ -122,7 +152,7 @@ class SendStore:
             "\n".join(request.scopes),
         ]
         key_owner: str | None = None
-        async with translate_store_errors():
+        async with self._call():
             if request.key_index:
                 index_key = keys.key_index(ref.dedup_id)
                 index_value = f"{ref.tag} {request.payload_hash}"
@@ -189,7 +219,10 @@ class SendStore:
         ttl_ms: int,
         content: str,
         learned: Sequence[tuple[str, Suppression, int]] = (),
+        uncount: bool = False,
     ) -> int:
+        """Store the answer; `uncount` takes the send out of the recipient's send log (a
+        definite refusal: nothing reached a person)."""
         lines = "\n".join(f"{field}\t{s.to_json()}\t{ttl}" for field, s, ttl in learned)
         args: list[str | int | bytes] = [
             token,
@@ -200,14 +233,16 @@ class SendStore:
             ttl_ms,
             content,
             lines,
+            "1" if uncount else "0",
         ]
         complete_keys = [
             ref.record,
             keys.recipient_breaker(ref.tag),
             keys.recipient_suppressions(ref.tag),
             keys.recipient_messages(ref.tag),
+            keys.recipient_sends(ref.tag),
         ]
-        async with translate_store_errors():
+        async with self._call():
             if not message_sid:
                 if self._batch is None:
                     return int(await self._complete(keys=complete_keys, args=args))
@@ -232,7 +267,7 @@ class SendStore:
     ) -> bool:
         release_keys = [ref.record, keys.recipient_sends(ref.tag), keys.recipient_breaker(ref.tag)]
         args: list[str | int] = [token, trip_ms, breaker_ttl_ms]
-        async with translate_store_errors():
+        async with self._call():
             return bool(await self._release(keys=release_keys, args=args))
 
     async def mark_unknown(
@@ -240,7 +275,7 @@ class SendStore:
     ) -> int:
         args: list[str | int] = [token, reason, ttl_ms, "1" if require_expired else "0"]
         mark_keys = [ref.record, keys.recipient_breaker(ref.tag)]
-        async with translate_store_errors():
+        async with self._call():
             return int(await self._mark_unknown(keys=mark_keys, args=args))
 
     async def admit_account(
@@ -257,12 +292,18 @@ class SendStore:
         args: list[str | int] = ["1" if enforce else "0"]
         for (window_ms, _), limit in zip(slots, limits, strict=True):
             args += [limit, window_ms * 2]  # kept past its window: Retry-After stays readable
-        async with translate_store_errors():
+        async with self._call():
             reply = cast(list[int], await self._account_admit(keys=admit_keys, args=args))
         return tuple(int(count) for count in reply[1:])
 
+    async def unadmit_account(self, account_sid: str, slots: Sequence[tuple[int, int]]) -> None:
+        """Undo `admit_account` for one send (Twilio refused it: nothing was sent)."""
+        unadmit_keys = [keys.account_sends(account_sid, ms, index) for ms, index in slots]
+        async with self._call():
+            await self._account_unadmit(keys=unadmit_keys, args=[])
+
     async def get(self, ref: SendRef) -> DedupRecord | None:
-        async with translate_store_errors():
+        async with self._call():
             raw = cast(dict[bytes, bytes], await self.redis.hgetall(ref.record))
         if not raw:
             return None
@@ -336,3 +377,43 @@ class SendStore:
     async def ping(self) -> None:
         async with translate_store_errors():
             await self.redis.ping()
+
+    async def ping_all(self) -> None:
+        """The prober's check: every master answers (a cluster is only up when every slot is)."""
+        async with translate_store_errors():
+            if isinstance(self.redis, RedisCluster):
+                await self.redis.ping(target_nodes=RedisCluster.PRIMARIES)
+            else:
+                await self.redis.ping()
+
+    # -- the outage merge (gate.py): records made on the local store during an outage ---------
+
+    async def export_records(self) -> AsyncIterator[tuple[str, dict[bytes, bytes], int]]:
+        """Every send record and key index here, with its remaining lifetime (ms)."""
+        async with translate_store_errors():
+            async for raw in self.redis.scan_iter(match=keys.EXPORT_PATTERN, count=500):
+                key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                if not keys.is_exported(key):
+                    continue
+                ttl_ms = int(await self.redis.pttl(key))
+                if ttl_ms <= 0:
+                    continue  # expired meanwhile (or, never, kept without a lifetime)
+                if keys.is_key_index(key):
+                    value = cast(bytes | None, await self.redis.get(key))
+                    if value is not None:
+                        yield key, {b"": value}, ttl_ms
+                    continue
+                fields = cast(dict[bytes, bytes], await self.redis.hgetall(key))
+                if fields:
+                    yield key, fields, ttl_ms
+
+    async def merge_record(self, key: str, fields: dict[bytes, bytes], ttl_ms: int) -> int:
+        """1 when the record was taken, 0 when the shared store's own one stands."""
+        async with self._call():
+            if keys.is_key_index(key):
+                taken = await self.redis.set(key, fields[b""], nx=True, px=ttl_ms)
+                return 1 if taken else 0
+            flat: list[bytes | int] = [ttl_ms]
+            for name, value in fields.items():
+                flat += [name, value]
+            return int(await self._merge(keys=[key], args=flat))

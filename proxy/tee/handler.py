@@ -1,12 +1,18 @@
 """The status-callback tee: take Twilio's callback, learn from it, hand it to the app re-signed.
 
     Twilio ──POST {public_url}/_sendguard/callbacks/v1/{token}──▶ CallbackTee.handle
-        1. unwrap the token (HMAC)                     tampered / garbage   → 400, nothing else
-        2. verify X-Twilio-Signature for the URL Twilio called, with the account's auth tokens
+        1. unwrap the token (HMAC): the app's URL and the send it is bound to (account,
+           recipient tag, dedup id)                    tampered / garbage   → 400, nothing else
+                                                       old unbound format   → 400, nothing else
+        2. the body's AccountSid must be the bound account      otherwise   → 403, nothing else
+        3. verify X-Twilio-Signature for the URL Twilio called, with the BOUND account's auth
+           tokens (never those of an account the body names)
                                                        no token / no match  → 403, nothing else
-        3. learner.learn_delivery(...)                 its errors are logged, never block
-        4. I-Twilio-Idempotency-Token already forwarded?                    → 200, not again
-        5. POST the same body to the original URL, signed afresh for that URL with the same auth
+        4. learner.learn_delivery(...) for the bound account, only when the body's `To` is the
+           bound recipient (else: not learned, still forwarded, logged)
+                                                       its errors are logged, never block
+        5. I-Twilio-Idempotency-Token already forwarded?                    → 200, not again
+        6. POST the same body to the original URL, signed afresh for that URL with the same auth
            token; `attempts` tries on connection errors, timeouts and 5xx
                                                        any 2xx-4xx          → that answer
                                                        all attempts failed  → 502 (Twilio retries)
@@ -16,6 +22,12 @@ Open-redirect / SSRF rule: the tee only ever POSTs to a URL it wrapped itself. T
 Twilio credentials chose it; a caller without the secret cannot name a destination, and a
 callback is forwarded only after Twilio's signature over it checks out. Redirects from the
 app are never followed, so the destination cannot be swapped afterwards either.
+
+Binding rule: a callback can teach only about its own message. The token names the account and
+recipient of the send whose StatusCallback it replaced, and the MAC covers them, so a captured
+callback URL cannot be replayed with another account's form and token (say an attacker's own,
+learned from their own sends) to suppress someone else's recipient, nor to have sendguard
+forward a callback it signed with that other token.
 
 The URL Twilio signed is rebuilt from the configured public URL and the request's raw path and
 query, never from the Host header (behind a load balancer that is an internal name). The one
@@ -48,6 +60,7 @@ from proxy.errors import (
     InvalidRequest,
     SendguardError,
 )
+from proxy.guard.facts import normalise_recipient, recipient_tag
 from proxy.logs import get_logger, mask_phone
 from proxy.tee.rewrite import callback_headers, callback_target
 from proxy.tee.signing import (
@@ -58,7 +71,12 @@ from proxy.tee.signing import (
     query_value,
 )
 from proxy.tee.tokens import AuthTokenBook
-from proxy.tee.urls import CALLBACK_PATH_PREFIX, CallbackUrlCodec
+from proxy.tee.urls import (
+    CALLBACK_PATH_PREFIX,
+    CallbackBinding,
+    CallbackUrlCodec,
+    OutdatedCallbackToken,
+)
 
 log = get_logger("sendguard.tee")
 
@@ -84,7 +102,10 @@ DUPLICATE_IN_FLIGHT = "duplicate-in-flight"
 UNDELIVERABLE = "callback-undeliverable"
 SIGNATURE_INVALID = "callback-signature-invalid"
 ACCOUNT_UNKNOWN = "callback-account-unknown"
+ACCOUNT_MISMATCH = "callback-account-mismatch"
 CALLBACK_URL_INVALID = "callback-token-invalid"
+CALLBACK_URL_OUTDATED = "callback-token-outdated"
+RECIPIENT_MISMATCH = "recipient-mismatch"
 BODY_INVALID = "callback-body-invalid"
 METHOD_NOT_ALLOWED = "callback-method-not-allowed"
 
@@ -157,7 +178,9 @@ class MemoryCallbackDeduper:
 class InboundCallback:
     """What Twilio sent, verified or not yet."""
 
-    account_sid: str  # "" unless the body names a well-formed one
+    account_sid: str  # the bound account (the body's AccountSid is checked against it)
+    claimed_account: str  # the body's AccountSid; "" unless well-formed
+    binding: CallbackBinding  # the send the callback URL was made for
     original_url: str
     signed_url: str  # the URL Twilio called, as it signed it
     body: bytes
@@ -192,6 +215,7 @@ class _Trace:
     attempts: int = 0
     app_status: int | None = None
     learn_error: str | None = None
+    learn_skipped: str | None = None
     dedup_error: str | None = None
     failure: str | None = None
 
@@ -249,6 +273,7 @@ class CallbackTee:
         if request.method != hdrs.METH_POST:
             raise CallbackMethodNotAllowed(reason=METHOD_NOT_ALLOWED)
         callback = await self._read(request, trace)
+        _check_account(callback)
         auth_token = self._verify(callback, request.headers.get(SIGNATURE_HEADER, ""))
         await self._learn(callback, trace)
         idempotency_token = _idempotency_token(request)
@@ -279,12 +304,20 @@ class CallbackTee:
         signed_url = self._codec.public_url + raw_path[start:]
         token = urlsplit(raw_path[start + len(CALLBACK_PATH_PREFIX) :]).path
         try:
-            original = self._codec.unwrap(token)
+            unwrapped = self._codec.unwrap(token)
+        except OutdatedCallbackToken:
+            raise InvalidRequest(
+                "callback URL made by an older sendguard, not bound to an account: no longer "
+                "accepted",
+                reason=CALLBACK_URL_OUTDATED,
+            ) from None
         except ValueError:
             raise InvalidRequest(
                 "invalid callback URL token", reason=CALLBACK_URL_INVALID
             ) from None
-        trace.destination = _loggable_url(original)
+        binding = unwrapped.binding
+        trace.account = binding.account_sid
+        trace.destination = _loggable_url(unwrapped.original_url)
         body = await request.read()
         body_hash = query_value(signed_url, BODY_HASH_PARAM)
         content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
@@ -294,11 +327,12 @@ class CallbackTee:
         else:
             params = _parse_form(body)
             fields = dict(reversed(params))  # first value wins, as Twilio reads a field
-        account = fields.get("AccountSid") or fields.get("accountSid") or ""
-        trace.account = account = account if ACCOUNT_SID.fullmatch(account) else ""
+        claimed = fields.get("AccountSid") or fields.get("accountSid") or ""
         return InboundCallback(
-            account_sid=account,
-            original_url=original,
+            account_sid=binding.account_sid,
+            claimed_account=claimed if ACCOUNT_SID.fullmatch(claimed) else "",
+            binding=binding,
+            original_url=unwrapped.original_url,
             signed_url=signed_url,
             body=body,
             content_type=content_type or ("application/json" if body_hash else FORM_CONTENT_TYPE),
@@ -308,8 +342,10 @@ class CallbackTee:
         )
 
     def _verify(self, callback: InboundCallback, signature: str) -> str:
-        """The auth token the callback is signed with; CallbackForbidden when there is none."""
-        tokens = self._tokens.tokens_for(callback.account_sid)
+        """The bound account's auth token the callback is signed with; CallbackForbidden when
+        there is none. Never the tokens of the account the body claims: that one is checked
+        to be the bound one first, and a forger may hold a valid token of their own."""
+        tokens = self._tokens.tokens_for(callback.binding.account_sid)
         if not tokens:
             raise CallbackForbidden(
                 "no auth token is known for the callback's account", reason=ACCOUNT_UNKNOWN
@@ -337,6 +373,12 @@ class CallbackTee:
         trace.status = status.status
         trace.error_code = status.error_code
         trace.to = mask_phone(status.to)
+        bound = callback.binding
+        if recipient_tag(bound.account_sid, normalise_recipient(status.to)) != bound.recipient_tag:
+            # Not the recipient this URL was made for: a callback teaches only about its own
+            # message. Forwarded all the same (its signature is the bound account's).
+            trace.learn_skipped = RECIPIENT_MISMATCH
+            return
         try:
             await self._learner.learn_delivery(status)
         except Exception as error:  # the app still gets its callback
@@ -444,6 +486,15 @@ def delivery_status(callback: InboundCallback) -> DeliveryStatus | None:
     )
 
 
+def _check_account(callback: InboundCallback) -> None:
+    """CallbackForbidden unless the body's AccountSid is the account the URL is bound to."""
+    if callback.claimed_account != callback.binding.account_sid:
+        raise CallbackForbidden(
+            "the callback's AccountSid is not the account its callback URL was made for",
+            reason=ACCOUNT_MISMATCH,
+        )
+
+
 def _idempotency_token(request: web.Request) -> str | None:
     value = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
     if not value or len(value) > _MAX_IDEMPOTENCY_TOKEN_CHARS or not value.isascii():
@@ -510,7 +561,7 @@ def _render(error: SendguardError) -> web.Response:
 
 def _log_callback(trace: _Trace, http_status: int, started: float) -> None:
     ok = trace.outcome in (DELIVERED, DUPLICATE, DUPLICATE_IN_FLIGHT)
-    clean = ok and not trace.learn_error and not trace.dedup_error
+    clean = ok and not trace.learn_error and not trace.learn_skipped and not trace.dedup_error
     emit = log.error if trace.failure else log.info if clean else log.warning
     emit(
         CALLBACK_FINISHED,
@@ -525,6 +576,7 @@ def _log_callback(trace: _Trace, http_status: int, started: float) -> None:
         app_status=trace.app_status,
         attempts=trace.attempts,
         learn_error=trace.learn_error,
+        learn_skipped=trace.learn_skipped,
         dedup_error=trace.dedup_error,
         failure=trace.failure,
         duration_ms=round((time.monotonic() - started) * 1000, 1),

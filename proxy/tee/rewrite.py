@@ -9,7 +9,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from multidict import CIMultiDict
 
 from proxy.tee.signing import BODY_HASH_PARAM, SIGNATURE_HEADER, SIGNATURE_SETTINGS_HEADER
-from proxy.tee.urls import CallbackUrlCodec
+from proxy.tee.urls import BoundSend, CallbackUrlCodec
 
 STATUS_CALLBACK = "StatusCallback"
 STATUS_CALLBACK_METHOD = "StatusCallbackMethod"
@@ -20,14 +20,15 @@ _NOT_PASSED = frozenset({SIGNATURE_HEADER.lower(), SIGNATURE_SETTINGS_HEADER.low
 
 
 def rewrite_status_callback(
-    form: Sequence[tuple[str, str]], codec: CallbackUrlCodec
+    form: Sequence[tuple[str, str]], codec: CallbackUrlCodec, send: BoundSend
 ) -> tuple[tuple[str, str], ...] | None:
-    """The form with `StatusCallback` wrapped by `codec`; None when there is nothing to rewrite.
+    """The form with `StatusCallback` wrapped by `codec` and bound to `send` (its account,
+    recipient tag and dedup id); None when there is nothing to rewrite.
 
     None (forward the send unchanged) when: no `StatusCallback`, or more than one (which would
-    Twilio use?); its value is not an http(s) URL with a host; it is already a tee URL; or the
+    Twilio use?); its value is not an http(s) URL with a host; it is already a tee URL; the
     send asks for callbacks by another method than POST (Calls' `StatusCallbackMethod=GET`),
-    which the tee does not take.
+    which the tee does not take; or the send has no well-formed account SID to bind to.
     """
     indexes = [i for i, (name, _) in enumerate(form) if name == STATUS_CALLBACK]
     if len(indexes) != 1:
@@ -42,7 +43,7 @@ def rewrite_status_callback(
     if codec.is_wrapped(original):
         return None
     try:
-        wrapped = codec.wrap(original)
+        wrapped = codec.wrap(original, send)
     except ValueError:
         return None
     rewritten = list(form)

@@ -5,8 +5,11 @@ auth of sends follow, newest first. Learned tokens live in this process only: ne
 never in a log. Only an account SID username (`AC…:token`) teaches anything: with an API key
 (`SK…:secret`) the password is the key's secret, which Twilio does not sign callbacks with.
 
-Learn only from sends the upstream accepted (not 401): a token learned from a request Twilio
-refused would be a forger's token, and a flood of them would push the real one out.
+Learn only from creates the upstream accepted (2xx; CallbackRouting.learn_credential decides):
+a token learned from a request Twilio refused (401/403) would be a forger's token, and a flood
+of them would push the real one out; a 400, 404 or final 429 does not show Twilio took the
+credential either. A token verifies only the callbacks of its own account: the tee looks tokens
+up by the account a callback URL is bound to, never by the account a callback claims.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Upstream host selection: the default upstream, or an allowlisted `X-Sendguard-Upstream-Host`.
 
-The proxy is never an open relay: the header must be a plain DNS name (optionally `:port`)
-that matches an allowlist glob, else the request is refused with 400 `refused`.
+The proxy is never an open relay: the header must be a plain DNS name (optionally `:443`)
+that matches an allowlist glob, else the request is refused with 400 `refused`. An allowlisted
+host is reached over https on port 443 only; the one exception is the configured default
+upstream itself, named exactly as configured (`host` or `host:port`, e.g. a local fake on
+`127.0.0.1:9000`), which keeps its own scheme and port.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from yarl import URL
 from proxy.errors import UpstreamRefused
 
 UPSTREAM_HOST_HEADER = "X-Sendguard-Upstream-Host"
+HTTPS_PORT = 443
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _HOST_RE = re.compile(rf"(?P<host>{_LABEL}(?:\.{_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?")
 
@@ -61,9 +65,12 @@ def select_upstream(
     if not any(fnmatchcase(host, pattern.lower()) for pattern in allowed):
         raise UpstreamRefused(f"upstream host {host!r} is not in the allowlist")
     port_text = found.group("port")
-    if pinned or (host == default.host and (port_text is None or int(port_text) == default.port)):
+    port = int(port_text) if port_text is not None else None
+    is_default = host == default.host and port in (None, default.port)
+    if port not in (None, HTTPS_PORT) and not is_default:
+        # Allowlisted hosts are reached over https on 443 only: a port is no way around the
+        # allowlist (another service on a Twilio host, or a local port behind a glob).
+        raise UpstreamRefused(f"{UPSTREAM_HOST_HEADER} may name port {HTTPS_PORT} only")
+    if pinned or is_default:
         return default  # the configured upstream keeps its own scheme (e.g. a local http fake)
-    port = int(port_text) if port_text else 443
-    if not 0 < port < 65536:
-        raise UpstreamRefused(f"{UPSTREAM_HOST_HEADER} has an invalid port")
-    return Upstream("https", host, port)
+    return Upstream("https", host, HTTPS_PORT)

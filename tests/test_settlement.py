@@ -1,0 +1,113 @@
+"""The settlement journal and the store's health state, without a network: the journal keeps
+an outcome the store refused and retries it until accepted; StoreHealth turns probe results
+into up/down only after `outage_after`."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.guard.dedup import StoredResponse
+from proxy.guard.outcome import StoreAction
+from proxy.metrics import Metrics
+from proxy.server.prober import StoreHealth
+from proxy.server.settlement import PendingOutcome, SettlementJournal
+from proxy.store.send_store import SendRef, StoreError
+
+REF = SendRef("rTAG", "fID")
+
+
+class FlakyWrite:
+    """A store write that fails `failures` times, then succeeds; counts its calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise StoreError("ConnectionError: lost")
+
+
+def outcome(write, action=StoreAction.COMPLETE) -> PendingOutcome:
+    return PendingOutcome(
+        REF, action, "payload", write, None, StoredResponse(201, (), b"{}"), "SM1"
+    )
+
+
+async def test_an_accepted_write_leaves_nothing_pending():
+    metrics = Metrics()
+    journal = SettlementJournal(metrics)
+    assert await journal.settle(outcome(FlakyWrite(0))) is None
+    assert journal.pending(REF) is None
+    assert metrics.value("sendguard_pending_outcome_writes") == 0
+
+
+async def test_a_refused_write_is_kept_answered_from_and_retried_until_accepted():
+    metrics = Metrics()
+    journal = SettlementJournal(metrics, backoff_first=0.01, backoff_max=0.02)
+    write = FlakyWrite(3)
+    error = await journal.settle(outcome(write))
+    assert isinstance(error, StoreError)
+    pending = journal.pending(REF)
+    assert pending is not None and pending.response is not None
+    assert pending.message_sid == "SM1"
+    assert metrics.value("sendguard_pending_outcome_writes") == 1
+    assert await journal.flush(2.0) == 0
+    assert write.calls == 4
+    assert journal.pending(REF) is None
+    assert metrics.value("sendguard_pending_outcome_writes") == 0
+
+
+async def test_close_gives_up_after_its_deadline_and_says_how_many_are_left():
+    journal = SettlementJournal(Metrics(), backoff_first=0.01, backoff_max=0.02)
+    await journal.settle(outcome(FlakyWrite(10**9)))
+    assert await journal.flush(0.1) == 1
+    await journal.close(0.05)
+    assert len(journal) == 1  # left in flight in the store: UNKNOWN at lease end
+
+
+async def test_the_journal_is_bounded():
+    journal = SettlementJournal(Metrics(), max_pending=2, backoff_first=10, backoff_max=10)
+    for dedup_id in ("a", "b"):
+        await journal.settle(
+            PendingOutcome(SendRef("rTAG", dedup_id), StoreAction.RELEASE, "", FlakyWrite(9))
+        )
+    assert journal.full
+    await journal.close(0.01)
+
+
+async def test_retry_now_settles_a_pending_release_at_once():
+    journal = SettlementJournal(Metrics(), backoff_first=10, backoff_max=10)
+    pending = outcome(FlakyWrite(1), StoreAction.RELEASE)
+    await journal.settle(pending)
+    assert await journal.retry_now(pending)
+    assert journal.pending(REF) is None
+    await journal.close(0.01)
+
+
+@pytest.mark.parametrize(
+    ("probes", "transitions"),
+    [
+        # (ok?, at second) ...                              -> transitions seen
+        ([(True, 0), (True, 1)], []),
+        ([(False, 0), (False, 2.9), (True, 3.0)], []),  # under outage_after: no flip
+        ([(False, 0), (False, 3.0)], [False]),
+        ([(False, 0), (False, 3.5), (False, 4), (True, 5)], [False, True]),
+        ([(False, 0), (True, 1), (False, 2), (False, 4.9)], []),  # a good probe resets it
+        ([(False, 0), (False, 3), (True, 4), (False, 5), (False, 8)], [False, True, False]),
+    ],
+)
+def test_store_health_decides_down_only_after_outage_after(probes, transitions):
+    health = StoreHealth(outage_after=3.0)
+    seen = [change for ok, at in probes if (change := health.observe(ok, at)) is not None]
+    assert seen == transitions
+
+
+def test_a_refused_recovery_is_tried_again_at_the_next_good_probe():
+    health = StoreHealth(outage_after=1.0)
+    health.observe(False, 0)
+    assert health.observe(False, 1) is False
+    assert health.observe(True, 2) is True
+    health.refuse_recovery()
+    assert health.observe(True, 2.5) is True
