@@ -3,11 +3,19 @@
 Label values are bounded vocabularies (decisions, guard names, Twilio codes, store steps), plus
 the account SID on `sendguard_sends_total` (one series per Twilio account, which SPEC §5 asks
 for): never a phone number, key or message SID.
+
+No label takes a value from unauthenticated input without a bound: the account label is set
+only for sends Twilio accepted or may have accepted (2xx, 5xx; a client inventing account SIDs
+gets 401s, which are not counted), and only for the first `ACCOUNT_LABEL_LIMIT` accounts this
+process has seen; later ones are counted under `account="other"`.
 """
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+ACCOUNT_LABEL_LIMIT = 100  # distinct `account` label values per process; the rest are "other"
+OTHER_ACCOUNT = "other"
 
 
 class Metrics:
@@ -69,8 +77,34 @@ class Metrics:
         )
         self.sends = Counter(
             "sendguard_sends",
-            "Guarded sends forwarded upstream, by account SID.",
+            "Guarded sends Twilio accepted or may have accepted (2xx, 5xx), by account SID (the"
+            f" first {ACCOUNT_LABEL_LIMIT} accounts seen; later ones as account=\"other\").",
             ["account"],
+            registry=self.registry,
+        )
+        self._account_labels: set[str] = set()
+        self.client_connections = Gauge(
+            "sendguard_client_connections",
+            "Client connections open, by listener (proxy, admin).",
+            ["listener"],
+            registry=self.registry,
+        )
+        self.client_connections_refused = Counter(
+            "sendguard_client_connections_refused",
+            "Client connections answered 503 and closed at the connection cap, by listener.",
+            ["listener"],
+            registry=self.registry,
+        )
+        self.client_connections_evicted = Counter(
+            "sendguard_client_connections_evicted",
+            "Connections waiting for a request closed to make room at the connection cap.",
+            ["listener"],
+            registry=self.registry,
+        )
+        self.client_timeouts = Counter(
+            "sendguard_client_timeouts",
+            "Client connections cut for sending too slowly, by listener and phase (head, body).",
+            ["listener", "phase"],
             registry=self.registry,
         )
         self.unguarded_sends = Counter(
@@ -96,6 +130,13 @@ class Metrics:
             "1 while the health prober reaches the store (every master of a cluster), else 0.",
             registry=self.registry,
         )
+        self.reconciliations = Counter(
+            "sendguard_reconciliations",
+            "UNKNOWN sends looked up against Twilio or resolved, by outcome (found-list,"
+            " found-callback, not-found, resent, resolved-sent, resolved-not-sent, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.embedded_store_restarts = Counter(
             "sendguard_embedded_store_restarts",
             "Times the embedded store's server process died and was restarted.",
@@ -107,6 +148,22 @@ class Metrics:
             " retried).",
             registry=self.registry,
         )
+
+    def count_send(self, account_sid: str, status: int) -> None:
+        """One guarded send that reached Twilio: counted per account unless Twilio refused it
+        (4xx: bad credentials, bad request), under a bounded set of account labels."""
+        if 400 <= status < 500:
+            return
+        self.sends.labels(self.account_label(account_sid)).inc()
+
+    def account_label(self, account_sid: str) -> str:
+        labels = self._account_labels
+        if account_sid in labels:
+            return account_sid
+        if len(labels) < ACCOUNT_LABEL_LIMIT:
+            labels.add(account_sid)
+            return account_sid
+        return OTHER_ACCOUNT
 
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when never observed): for tests and the CLI."""

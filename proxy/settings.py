@@ -75,6 +75,18 @@ _PLACEHOLDER = re.compile(r"\{[A-Za-z][A-Za-z0-9]*\}", re.ASCII)
 GuardModeName = Literal["off", "report", "enforce"]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
+def _duration_or_off(value: object) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "")):
+        return None
+    seconds = parse_duration(value)  # type: ignore[arg-type]
+    if seconds <= 0:
+        raise ValueError("must be a positive duration, or off")
+    return seconds
+
+
+OptionalDuration = Annotated[float | None, BeforeValidator(_duration_or_off)]
 ByteCount = Annotated[int, BeforeValidator(parse_size), Field(gt=0)]
 
 # Field values that may hold credentials: never echoed in errors, masked in repr and logs.
@@ -167,6 +179,21 @@ class Settings(BaseSettings):
     upstream_read_timeout: PositiveDuration = Field(30.0, description="Upstream read timeout.")
     upstream_pool_size: int = Field(100, gt=0, description="Max pooled upstream connections.")
     max_body_bytes: ByteCount = Field(1048576, description="Max request body (e.g. 1MiB).")
+    max_connections: int = Field(
+        1000,
+        gt=0,
+        description="Client connections on the proxy port; at the cap the longest-waiting idle"
+        " one is closed, else the new one gets 503.",
+    )
+    client_header_timeout: PositiveDuration = Field(
+        10.0, description="A request's head must arrive within this long of its first byte."
+    )
+    client_body_timeout: PositiveDuration = Field(
+        30.0, description="A request's body must arrive within this long of its head (else 408)."
+    )
+    client_idle_timeout: PositiveDuration = Field(
+        60.0, description="Close a client connection that sends no request for this long."
+    )
     dedup_window: PositiveDuration = Field(600.0, description="Fingerprint dedup window.")
     idempotency_ttl: PositiveDuration = Field(86400.0, description="Idempotency-Key retention.")
     inflight_wait: Duration = Field(
@@ -214,6 +241,10 @@ class Settings(BaseSettings):
     )
     on_store_error: Literal["local", "closed", "open"] = Field(
         "closed", description="Store outage policy: closed, local or open."
+    )
+    unknown_resend_after: OptionalDuration = Field(
+        None,
+        description="Resend an UNKNOWN send once after this long with no evidence; off = never.",
     )
     ready_requires_store: bool = Field(
         False, description="/readyz fails while the store is unreachable (standalone)."

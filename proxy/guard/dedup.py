@@ -42,6 +42,9 @@ class DedupRecord:
     message_sid: str = ""
     unknown_reason: str = ""
     meta: dict[str, Any] | None = None
+    resolved_sid: str = ""  # UNKNOWN, but its Message SID is known (callback or operator)
+    resent: bool = False  # `unknown_resend_after` already used its one resend
+    reconciliations: int = 0  # times it was looked up in Twilio's list without evidence
 
     @classmethod
     def from_hash(cls, fields: dict[str, bytes]) -> DedupRecord:
@@ -65,6 +68,9 @@ class DedupRecord:
             message_sid=text("sid"),
             unknown_reason=text("u"),
             meta=json.loads(text("m")) if fields.get("m") else None,
+            resolved_sid=text("rs"),
+            resent=text("rx") == "1",
+            reconciliations=int(text("rc") or 0),
         )
 
 

@@ -53,6 +53,7 @@ class SendFacts:
     to: str  # normalised recipient ("" if absent)
     sender: str  # MessagingServiceSid, else From ("" if absent)
     body_hash: str  # for reconciliation against Twilio's message list
+    body_smart_hash: str  # the same, after Twilio's Smart Encoding (curly quotes -> ASCII, …)
     recipient_tag: str  # the hash tag of every key this send touches
     content: str  # the message-scope suppression field: sender + body
 
@@ -198,6 +199,29 @@ def canonical_form(form: Form) -> str:
     return json.dumps(sorted(grouped.items()), ensure_ascii=False, separators=(",", ":"))
 
 
+# Twilio's Smart Encoding swaps look-alike Unicode for GSM-7 characters, so the body in its
+# message list may differ from the one sent; reconciliation compares both forms.
+_SMART_ENCODING = str.maketrans(
+    {
+        "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+        "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
+        "\u2013": "-", "\u2014": "-", "\u2015": "-", "\u2212": "-", "\u2010": "-",
+        "\u2011": "-", "\u00a0": " ", "\u2002": " ", "\u2003": " ", "\u2009": " ",
+        "\u202f": " ", "\u2026": "...", "\u02c6": "^", "\u02dc": "~", "\u00ab": '"',
+        "\u00bb": '"', "\u2039": "'", "\u203a": "'", "\u2022": "-",
+    }
+)  # fmt: skip
+
+
+def smart_encoded(body: str) -> str:
+    return body.translate(_SMART_ENCODING)
+
+
+def body_digest(body: str) -> str:
+    """A short digest of a message body: records keep this, never the body itself."""
+    return _sha(body)[:16]
+
+
 def _sha(*parts: str) -> str:
     digest = hashlib.sha256()
     for part in parts:
@@ -240,7 +264,8 @@ def build_facts(
         dedup_id=dedup_id,
         to=to,
         sender=sender,
-        body_hash=_sha(body_text)[:16],
+        body_hash=body_digest(body_text),
+        body_smart_hash=body_digest(smart_encoded(body_text)),
         recipient_tag=recipient_tag(account, to),
         content=content_field(sender, body_text),
     )

@@ -7,6 +7,7 @@ and torn down in reverse, each only if it was set up.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -37,14 +38,16 @@ from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
 from proxy.server.prober import StoreHealth, StoreProber
+from proxy.server.reconcile import ReconcilePolicy, Reconciler
 from proxy.server.settlement import SettlementJournal
 from proxy.server.target import target_of
 from proxy.store.callback_store import RedisCallbackDeduper, shared_tee_secret
 from proxy.store.embedded import EmbeddedStore
 from proxy.store.fastpack import use_hiredis_packing
-from proxy.store.send_store import CLUSTER_NODE_CONNECTIONS, RedisClient, SendStore
+from proxy.store.send_store import CLUSTER_NODE_CONNECTIONS, RedisClient, SendRef, SendStore
 from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
-from proxy.tee.handler import REFUSAL
+from proxy.tee.handler import REFUSAL, UnknownResolver
+from proxy.tee.urls import CallbackBinding
 from proxy.upstream.client import UpstreamClient, guarded_send_deadline
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
@@ -215,6 +218,18 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     learner = SuppressionLearner(
         store, policy.suppression_rules, GuardMode(settings.suppression_mode), metrics
     )
+    # One journal for every store mode: a duplicate finds a pending outcome whichever store
+    # guards it now (settlement.py).
+    journal = SettlementJournal(metrics)
+    reconciler = Reconciler(
+        client,
+        metrics,
+        ReconcilePolicy(
+            resend_after=settings.unknown_resend_after,
+            lease_ms=policy.lease_ms,
+            ttl_ms=int(settings.idempotency_ttl * 1000),
+        ),
+    )
     routing: CallbackRouting | None = None
     tee: CallbackTee | None = None
     callback_session: aiohttp.ClientSession | None = None
@@ -235,11 +250,9 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
             session=callback_session,
             attempts=CALLBACK_FORWARD_ATTEMPTS,
             timeout=CALLBACK_FORWARD_TIMEOUT_SECONDS,
+            resolver=_callback_resolver(reconciler, store, Upstream.from_url(app[UPSTREAM_URL])),
         )
-    # One journal for every store mode: a duplicate finds a pending outcome whichever store
-    # guards it now (settlement.py).
-    journal = SettlementJournal(metrics)
-    shared_guard = SendGuard(store, client, policy, metrics, routing, journal)
+    shared_guard = SendGuard(store, client, policy, metrics, routing, journal, reconciler)
     local_store: list[EmbeddedStore] = []
 
     async def make_local_guard() -> SendGuard:
@@ -248,7 +261,8 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
         local_store.append(embedded)
         log.warning("local_store_started", reason="shared-store-down")
-        return SendGuard(SendStore(store_client(url)), client, policy, metrics, routing, journal)
+        local = SendStore(store_client(url))
+        return SendGuard(local, client, policy, metrics, routing, journal, reconciler)
 
     failover = StoreFailover(
         shared_guard,
@@ -302,6 +316,23 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
             await callback_session.close()
         for embedded in local_store:
             await embedded.stop()
+
+
+def _callback_resolver(
+    reconciler: Reconciler, store: SendStore, upstream: Upstream
+) -> UnknownResolver:
+    async def resolve(binding: CallbackBinding, message_sid: str, auth_token: str) -> None:
+        credential = f"{binding.account_sid}:{auth_token}".encode()
+        await reconciler.resolve_from_callback(
+            store,
+            SendRef(binding.recipient_tag, binding.dedup_id),
+            binding.account_sid,
+            message_sid,
+            "Basic " + base64.b64encode(credential).decode(),
+            upstream,
+        )
+
+    return resolve
 
 
 async def _callback_secret(app: web.Application) -> bytes:

@@ -74,6 +74,7 @@ from proxy.server.headers import (
     upstream_request_headers,
 )
 from proxy.server.learning import identity_body
+from proxy.server.reconcile import GATE_SECONDS, LookupVerdict, Reconciler
 from proxy.server.settlement import PendingOutcome, SettlementJournal
 from proxy.store.send_store import (
     ClaimRequest,
@@ -90,6 +91,9 @@ from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient, Upstrea
 from proxy.upstream.hosts import Upstream
 
 log = get_logger("sendguard.guard")
+
+# An UNKNOWN send is looked up in Twilio at most this often: a retry sooner learns nothing.
+RECONCILE_RETRY_AFTER = GATE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class SendGuard:
         metrics: Metrics,
         callbacks: CallbackRouting | None = None,
         journal: SettlementJournal | None = None,
+        reconciler: Reconciler | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -180,6 +185,7 @@ class SendGuard:
         self.callbacks = callbacks
         # Outcomes the store has not accepted yet; shared by the guards of every store mode.
         self.journal = journal if journal is not None else SettlementJournal(metrics)
+        self.reconciler = reconciler
         self._settling: set[asyncio.Future[None]] = set()
 
     async def drain(self) -> None:
@@ -246,8 +252,31 @@ class SendGuard:
                 self._dedup_hit(Decision.KEY_MISMATCH, facts)
                 raise KeyMismatch(reason=decision.reason)
             if decision.action is Action.OUTCOME_UNKNOWN:
+                if self.reconciler is not None:
+                    found = await self.reconciler.reconcile(
+                        self.store,
+                        ref,
+                        record,
+                        authorization=request.headers.get("Authorization", ""),
+                        upstream=upstream,
+                        new_token=token,
+                    )
+                    if found.verdict is LookupVerdict.FOUND:
+                        assert found.response is not None
+                        self._dedup_hit(Decision.REPLAYED, facts)
+                        return _replay_response(
+                            ctx, found.response, found.message_sid, "reconciled-found"
+                        )
+                    if found.verdict is LookupVerdict.RESEND:
+                        # `unknown_resend_after`: the one resend the operator opted into.
+                        ctx.fields["resent_after_silence"] = True
+                        if self.callbacks is not None:
+                            body = self.callbacks.outbound_body(facts, body)
+                        return await self._forward(
+                            request, ctx, facts, ref, body, upstream, found.token
+                        )
                 self._dedup_hit(Decision.OUTCOME_UNKNOWN, facts)
-                raise OutcomeUnknown(reason=decision.reason)
+                raise OutcomeUnknown(reason=decision.reason, retry_after=RECONCILE_RETRY_AFTER)
             if decision.action is Action.MARK_STALE:
                 await self._mark_stale(ctx, facts, ref, record)
                 continue  # re-read: it is UNKNOWN now, or the owner finished after all
@@ -462,7 +491,7 @@ class SendGuard:
         ctx.upstream_status = result.status
         ctx.upstream_ms = round(elapsed * 1000, 2)
         self.metrics.upstream_latency.labels(facts.route.route.name).observe(elapsed)
-        self.metrics.sends.labels(facts.account_sid).inc()
+        self.metrics.count_send(facts.account_sid, result.status)
         return result
 
     async def _send_within_429_budget(
@@ -708,4 +737,5 @@ def _reconciliation_meta(facts: SendFacts) -> dict[str, str]:
         "to": facts.to,
         "from": facts.sender,
         "body_sha": facts.body_hash,
+        "body_smart": facts.body_smart_hash,
     }

@@ -55,6 +55,17 @@ def key_ref(lookup_id: str) -> str:
     return f"{_BASE}:{{k{lookup_id}}}:ref"
 
 
+def reconcile_gate(tag: str, dedup_id: str) -> str:
+    """String (short-lived): one reconciliation of an UNKNOWN send at a time, fleet-wide."""
+    return f"{_BASE}:{{{tag}}}:recon:{dedup_id}"
+
+
+def unknown_ledger() -> str:
+    """Sorted set: `<recipient tag> <dedup id>` of UNKNOWN sends by claim time (the operator's
+    ledger; one slot, admin path only, cleaned lazily as records settle or expire)."""
+    return f"{_BASE}:{{ledger}}:unknown"
+
+
 def account_sends(account_sid: str, window_ms: int, index: int) -> str:
     """Counter: sends of one account in one fixed window (the optional per-account ceiling).
     All windows of an account share its slot, so one script counts them together."""

@@ -238,3 +238,60 @@ redis.call('HSET', record, unpack(fields))
 redis.call('PEXPIRE', record, ttl_ms)
 return 1
 """
+
+# -- resolving UNKNOWN sends (reconciliation, callbacks, operators) --------------------------
+
+# Evidence found (a message in Twilio's list, fetched by SID): the UNKNOWN record becomes a
+# stored result, replayed from now on. Returns 1 resolved, 0 not UNKNOWN (any more).
+RESOLVE_FOUND = """
+local record = KEYS[1]
+local status = ARGV[1]
+local headers = ARGV[2]
+local body = ARGV[3]
+local message_sid = ARGV[4]
+local ttl_ms = tonumber(ARGV[5])
+if redis.call('HGET', record, 's') ~= 'unknown' then return 0 end
+redis.call('HSET', record, 's', 'done', 'st', status, 'h', headers, 'b', body, 'sid', message_sid)
+redis.call('HDEL', record, 'rs')
+if redis.call('PTTL', record) < ttl_ms then redis.call('PEXPIRE', record, ttl_ms) end
+return 1
+"""
+
+# A Message SID is known for the send (its status callback, or an operator) but not its JSON:
+# the next retry fetches it with its own credential and resolves. 1 noted, 0 not UNKNOWN.
+NOTE_SID = """
+local record = KEYS[1]
+if redis.call('HGET', record, 's') ~= 'unknown' then return 0 end
+redis.call('HSET', record, 'rs', ARGV[1], 'rr', ARGV[2])
+return 1
+"""
+
+# An operator says it was never sent: release, so the next retry sends. 1 released, 0 not
+# UNKNOWN. The send leaves the recipient's send log (it never reached anyone).
+RELEASE_UNKNOWN = """
+local record = KEYS[1]
+local sends = KEYS[2]
+if redis.call('HGET', record, 's') ~= 'unknown' then return 0 end
+redis.call('ZREM', sends, redis.call('HGET', record, 't'))
+redis.call('DEL', record)
+return 1
+"""
+
+# `unknown_resend_after`: one retry may claim an UNKNOWN send again, once ever per record.
+# Returns {1, now} claimed (the record is in flight under the new token), {0, now} not.
+RESEND_CLAIM = (
+    """
+local record = KEYS[1]
+local token = ARGV[1]
+local lease_ms = tonumber(ARGV[2])
+local older_than_ms = tonumber(ARGV[3])
+"""
+    + _NOW_MS
+    + """
+if redis.call('HGET', record, 's') ~= 'unknown' then return {0, now} end
+if redis.call('HGET', record, 'rx') == '1' then return {0, now} end
+if tonumber(redis.call('HGET', record, 'c')) > now - older_than_ms then return {0, now} end
+redis.call('HSET', record, 's', 'inflight', 't', token, 'l', now + lease_ms, 'rx', '1')
+return {1, now}
+"""
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
-from proxy.guard.dedup import DedupRecord, StoredResponse
+from proxy.guard.dedup import DedupRecord, RecordState, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
 from proxy.store import keys, scripts
 from proxy.store.batching import AutoPipeline, Step
@@ -97,6 +98,10 @@ class RecipientSnapshot:
     send_times_ms: tuple[int, ...]  # sends in the longest window, by store time
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 def key_lookup_id(account_sid: str, idempotency_key: str) -> str:
     """The admin API's handle on a keyed send: the account and the key, hashed (keys may be
     sensitive, and the key's own dedup identity also hashes the credential, which an operator
@@ -117,6 +122,10 @@ class SendStore:
         # The hot path's calls are auto-pipelined on a standalone Redis (batching.py).
         self._batch = None if isinstance(redis, RedisCluster) else AutoPipeline(redis)
         self._merge = redis.register_script(scripts.MERGE_RECORD)
+        self._resolve_found = redis.register_script(scripts.RESOLVE_FOUND)
+        self._note_sid = redis.register_script(scripts.NOTE_SID)
+        self._release_unknown = redis.register_script(scripts.RELEASE_UNKNOWN)
+        self._resend_claim = redis.register_script(scripts.RESEND_CLAIM)
         self._admission = (
             asyncio.Semaphore(CLUSTER_CONCURRENT_OPERATIONS)
             if isinstance(redis, RedisCluster)
@@ -276,7 +285,79 @@ class SendStore:
         args: list[str | int] = [token, reason, ttl_ms, "1" if require_expired else "0"]
         mark_keys = [ref.record, keys.recipient_breaker(ref.tag)]
         async with self._call():
-            return int(await self._mark_unknown(keys=mark_keys, args=args))
+            marked = int(await self._mark_unknown(keys=mark_keys, args=args))
+            if marked:
+                # The operator's ledger (another slot: its own command, after the mark).
+                await self.redis.zadd(
+                    keys.unknown_ledger(), {f"{ref.tag} {ref.dedup_id}": _now_ms()}, nx=True
+                )
+            return marked
+
+    # -- resolving UNKNOWN sends -----------------------------------------------------------
+
+    async def reconcile_gate(self, ref: SendRef, hold_ms: int) -> bool:
+        """True for the one caller (fleet-wide) that may reconcile this record now."""
+        async with self._call():
+            gate = keys.reconcile_gate(ref.tag, ref.dedup_id)
+            return bool(await self.redis.set(gate, "1", nx=True, px=hold_ms))
+
+    async def resolve_found(
+        self, ref: SendRef, response: StoredResponse, message_sid: str, ttl_ms: int
+    ) -> bool:
+        args: list[str | int | bytes] = [
+            response.status,
+            json.dumps(list(response.headers)),
+            response.body,
+            message_sid,
+            ttl_ms,
+        ]
+        async with self._call():
+            done = bool(await self._resolve_found(keys=[ref.record], args=args))
+            if done:
+                await self.redis.set(
+                    keys.message_ref(message_sid), f"{ref.tag} {ref.dedup_id}", px=ttl_ms
+                )
+                await self.redis.zrem(keys.unknown_ledger(), f"{ref.tag} {ref.dedup_id}")
+            return done
+
+    async def note_sid(self, ref: SendRef, message_sid: str, reason: str) -> bool:
+        async with self._call():
+            return bool(await self._note_sid(keys=[ref.record], args=[message_sid, reason]))
+
+    async def release_unknown(self, ref: SendRef) -> bool:
+        release_keys = [ref.record, keys.recipient_sends(ref.tag)]
+        async with self._call():
+            released = bool(await self._release_unknown(keys=release_keys, args=[]))
+            if released:
+                await self.redis.zrem(keys.unknown_ledger(), f"{ref.tag} {ref.dedup_id}")
+            return released
+
+    async def resend_claim(
+        self, ref: SendRef, *, token: str, lease_ms: int, older_than_ms: int
+    ) -> bool:
+        args: list[str | int] = [token, lease_ms, older_than_ms]
+        async with self._call():
+            reply = cast(list[int], await self._resend_claim(keys=[ref.record], args=args))
+        return int(reply[0]) == 1
+
+    async def unknown_ledger(self, limit: int = 500) -> list[tuple[SendRef, DedupRecord]]:
+        """The UNKNOWN sends, oldest first (admin path); entries that settled are dropped."""
+        found: list[tuple[SendRef, DedupRecord]] = []
+        async with translate_store_errors():
+            members = cast(
+                list[bytes], await self.redis.zrange(keys.unknown_ledger(), 0, limit * 2)
+            )
+            for member in members:
+                tag, _, dedup_id = member.decode().partition(" ")
+                ref = SendRef(tag, dedup_id)
+                record = await self.get(ref)
+                if record is None or record.state is not RecordState.UNKNOWN:
+                    await self.redis.zrem(keys.unknown_ledger(), member)
+                    continue
+                found.append((ref, record))
+                if len(found) >= limit:
+                    break
+        return found
 
     async def admit_account(
         self,

@@ -42,7 +42,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -79,6 +79,9 @@ from proxy.tee.urls import (
 )
 
 log = get_logger("sendguard.tee")
+
+# (the send the callback URL is bound to, the callback's Message SID, the verified auth token)
+UnknownResolver = Callable[[CallbackBinding, str, str], Awaitable[None]]
 
 CALLBACK_FINISHED = "callback_finished"
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
@@ -232,12 +235,14 @@ class CallbackTee:
         attempts: int = 3,
         backoff: float = 0.2,
         timeout: float = 10.0,
+        resolver: UnknownResolver | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
         self._codec = codec
         self._tokens = tokens
         self._learner = learner
+        self._resolver = resolver
         self._deduper = deduper
         self._session = session
         self._attempts = attempts
@@ -275,7 +280,7 @@ class CallbackTee:
         callback = await self._read(request, trace)
         _check_account(callback)
         auth_token = self._verify(callback, request.headers.get(SIGNATURE_HEADER, ""))
-        await self._learn(callback, trace)
+        await self._learn(callback, trace, auth_token)
         idempotency_token = _idempotency_token(request)
         if idempotency_token is None:
             answer = await self._forward(callback, auth_token, request, trace)
@@ -365,7 +370,7 @@ class CallbackTee:
 
     # -- learning and dedup -----------------------------------------------------------------
 
-    async def _learn(self, callback: InboundCallback, trace: _Trace) -> None:
+    async def _learn(self, callback: InboundCallback, trace: _Trace, auth_token: str) -> None:
         status = delivery_status(callback)
         if status is None:
             return  # not a message status (a call's, say): forwarded, nothing to learn
@@ -383,6 +388,13 @@ class CallbackTee:
             await self._learner.learn_delivery(status)
         except Exception as error:  # the app still gets its callback
             trace.learn_error = type(error).__name__
+        if self._resolver is not None and status.message_sid:
+            # Evidence for an UNKNOWN send: this callback is for this very send (the URL is
+            # bound to it), so its SID resolves the record even if no retry ever comes.
+            try:
+                await self._resolver(bound, status.message_sid, auth_token)
+            except Exception as error:
+                trace.learn_error = type(error).__name__
 
     async def _seen(self, idempotency_token: str, trace: _Trace) -> bool:
         try:
