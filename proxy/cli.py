@@ -38,15 +38,40 @@ def settings_options(func: F) -> F:
     config_help = f"TOML config file (keys as in config/sendguard.toml). [env: {CONFIG_ENV}]"
     option = click.option(
         "--config",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=click.Path(path_type=Path),  # checked by load_settings(): one line, like the rest
         default=None,
         help=config_help,
     )
     return option(func)
 
 
+# Secrets have no value flag (a command line shows in `ps` and shell history): their flag takes
+# a file to read the secret from (a mounted Kubernetes Secret, say). Env and config file as usual.
+SECRET_FILE_SETTINGS = frozenset({"admin_token", "twilio_auth_tokens", "callback_secret"})
+
+
+def _read_secret_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return value.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise click.BadParameter(f"cannot read {value}: {reason}") from None
+
+
 def _setting_option(name: str, field: FieldInfo) -> Callable[[F], F]:
     flag = "--" + name.replace("_", "-")
+    if name in SECRET_FILE_SETTINGS:
+        return click.option(
+            f"{flag}-file",
+            name,
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            callback=_read_secret_file,
+            help=f"File holding the {name.replace('_', ' ')} (never a flag value: it would show"
+            f" in `ps`). [env: {ENV_PREFIX}{name.upper()} holds the value itself]",
+        )
     # The option's own default stays None ("not given"); the real default is shown in the help.
     shown = _default_text(field)
     help_text = f"{field.description} [env: {ENV_PREFIX}{name.upper()}"
@@ -70,14 +95,24 @@ def _default_text(field: FieldInfo) -> str | None:
 
 
 def load_or_exit(config: Path | None, flags: dict[str, Any]) -> Settings:
-    """Load settings, or print every bad key to stderr and exit 2."""
+    """Load settings, or print every bad key to stderr and exit 2: one problem is one line,
+    several are a header and one indented line each."""
     try:
         return load_settings(config, **flags)
     except ConfigError as exc:
-        click.echo("sendguard: invalid configuration:", err=True)
-        for key, reason in exc.problems:
-            click.echo(f"  {key}: {reason}", err=True)
+        problems = [f"{_key_name(key)}: {reason}" for key, reason in exc.problems]
+        if len(problems) == 1:
+            click.echo(f"sendguard: invalid configuration: {problems[0]}", err=True)
+        else:
+            click.echo("sendguard: invalid configuration:", err=True)
+            for problem in problems:
+                click.echo(f"  {problem}", err=True)
         raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+def _key_name(key: str) -> str:
+    # The config file is no setting of its own: say where it was named.
+    return f"config file (--config / {CONFIG_ENV})" if key == "config" else key
 
 
 @cli.command()

@@ -16,7 +16,7 @@ Output is a readable table; `--json` prints the API's JSON instead (on an API er
 
 Exit codes: 0 done (also: releasing a switch that was not engaged), 1 the admin API answered
 an error (its message on stderr), 2 usage error, 3 the admin URL cannot be reached,
-4 unauthorized (401: no token, or the wrong one).
+4 unauthorized (401: no token, the wrong one, or a server started without one).
 """
 
 from __future__ import annotations
@@ -191,13 +191,7 @@ class AdminClient:
         if 200 <= status < 300 or status in accept:
             return Answer(status, payload)
         if status == 401:
-            hint = (
-                f"no admin token: set {TOKEN_ENV} (or pass --token-file)"
-                if self.token is None
-                else f"the admin API refused the token: check {TOKEN_ENV} (or --token-file) "
-                f"matches the server's {TOKEN_ENV}"
-            )
-            raise Unauthorized(f"unauthorized (401): {hint}", payload)
+            raise Unauthorized(f"unauthorized (401): {self._unauthorized_hint(payload)}", payload)
         message = _error_message(payload)
         if message is None:  # not the admin API's error shape
             message = f"{self.base_url} answered HTTP {status}"
@@ -208,6 +202,22 @@ class AdminClient:
         else:
             message = f"{message} (HTTP {status})"
         raise AdminCommandError(message, payload)
+
+    def _unauthorized_hint(self, payload: Any) -> str:
+        # The admin API names which 401 it is (proxy/admin/app.py); an older one does not.
+        error = payload.get("error") if isinstance(payload, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        if code == "admin-token-not-configured":
+            return (
+                f"this sendguard has no admin token, so its admin API refuses every call; "
+                f"start it with {TOKEN_ENV}=<a secret> and give the CLI the same {TOKEN_ENV}"
+            )
+        if self.token is None:
+            return f"no admin token: set {TOKEN_ENV} (or pass --token-file)"
+        return (
+            f"the admin API refused the token: check {TOKEN_ENV} (or --token-file) "
+            f"matches the server's {TOKEN_ENV}"
+        )
 
     def _unreachable(self, reason: object) -> Unreachable:
         if isinstance(reason, ConnectionRefusedError):
@@ -671,28 +681,40 @@ def reset_breaker(admin: Admin, account: str, to: str, reason: str, author: str)
 
 @click.group("records")
 def records() -> None:
-    """Dedup records: what sendguard stored about a send."""
+    """Dedup records: what sendguard stored about a send, and the UNKNOWN ledger."""
 
 
 @records.command("show")
 @click.option("--message-sid", metavar="SM…", help="The Message SID Twilio returned.")
 @click.option("--account", metavar="AC…", help="With --key: the account SID.")
 @click.option("--key", help="With --account: the Idempotency-Key the app sent.")
+@click.option("--id", "record_id", metavar="ID", help="A record id (from `records unknown`).")
 @admin_command
 def show_record(
-    admin: Admin, message_sid: str | None, account: str | None, key: str | None
+    admin: Admin,
+    message_sid: str | None,
+    account: str | None,
+    key: str | None,
+    record_id: str | None,
 ) -> None:
-    """Show one send's record, by --message-sid or by --account and --key."""
-    if message_sid and (account or key):
-        raise click.UsageError("give either --message-sid, or --account and --key, not both")
-    if not message_sid and not (account and key):
-        raise click.UsageError("give --message-sid SM…, or --account AC… and --key KEY")
-    query = {"message_sid": message_sid} if message_sid else {"account": account, "key": key}
+    """Show one send's record, by --message-sid, by --id, or by --account and --key."""
+    if sum(1 for given in (message_sid, record_id, account or key) if given) > 1:
+        raise click.UsageError("give one of --message-sid, --id, or --account and --key")
+    if not (message_sid or record_id) and not (account and key):
+        raise click.UsageError("give --message-sid SM…, --id ID, or --account AC… and --key KEY")
+    query: dict[str, str | None]
+    if message_sid:
+        query = {"message_sid": message_sid}
+    elif record_id:
+        query = {"id": record_id}
+    else:
+        query = {"account": account, "key": key}
     payload = admin.call("GET", "/v1/records", query=query).payload
 
     def render() -> str:
         record = payload.get("record") or {}
         items: list[tuple[str, Any]] = [
+            ("id", record.get("id")),
             ("state", record.get("state")),
             ("message sid", record.get("message_sid")),
             ("upstream status", record.get("upstream_status")),
@@ -700,6 +722,11 @@ def show_record(
             ("lease until", when(record.get("lease_until"))),
             ("unknown reason", record.get("unknown_reason")),
         ]
+        if record.get("state") == "unknown":
+            items += [
+                ("reconciliations", record.get("reconciliations")),
+                ("resolved sid", record.get("resolved_sid")),
+            ]
         send = record.get("send") or {}
         items += [(f"send.{name}", value) for name, value in sorted(send.items())]
         return pairs(items)
@@ -707,13 +734,134 @@ def show_record(
     admin.show(payload, render)
 
 
+@records.command("unknown")
+@click.option("--limit", type=click.IntRange(1, 500), default=100, show_default=True,
+              help="List at most this many.")  # fmt: skip
+@admin_command
+def unknown_records(admin: Admin, limit: int) -> None:
+    """List the UNKNOWN sends (Twilio's answer was lost: they may have gone out), oldest first.
+
+    Check each one in Twilio's console (same account, To, sender and about that time), then
+    settle it with `sendguard records resolve ID --sent SM… | --not-sent --reason …`.
+    """
+    payload = admin.call("GET", "/v1/records", query={"state": "unknown", "limit": str(limit)})
+    body = payload.payload
+    entries = body.get("records") or []
+
+    def render() -> str:
+        if not entries:
+            return "no UNKNOWN sends"
+        rows = [
+            (
+                e.get("id"),
+                e.get("account"),
+                e.get("to"),
+                e.get("from"),
+                e.get("route"),
+                when(e.get("claimed_at"), _epoch(e.get("claimed_at"))),
+                e.get("reason"),
+                e.get("reconciliations"),
+                e.get("resolved_sid"),
+            )
+            for e in entries
+        ]
+        headers = ("id", "account", "to", "from", "route", "claimed", "reason", "lookups", "sid")
+        text = table(headers, rows)
+        if body.get("truncated"):
+            text += f"\n(the oldest {len(entries)} shown; raise --limit for more)"
+        if any(e.get("resolved_sid") for e in entries):
+            text += "\n(a SID is known: the next retry of that send fetches it and replays it)"
+        return text
+
+    admin.show(body, render)
+
+
+def _epoch(iso: Any) -> float | None:
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def _message_sid(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not (len(value) == 34 and value[:2] in ("SM", "MM") and set(value[2:]) <= _HEX):
+        raise click.BadParameter("a Message SID: SM + 32 hex digits", ctx, param)
+    return value
+
+
+@records.command("resolve")
+@click.argument("record_id", metavar="ID")
+@click.option("--sent", "sent_sid", metavar="SM…", callback=_message_sid,
+              help="It went out, as this Message SID: retries replay that message.")  # fmt: skip
+@click.option("--not-sent", is_flag=True, help="It never went out: the next retry sends it.")
+@click.option("--reason", required=True, help="How you know (audit-logged): a ticket, a check.")
+@_author_option
+@admin_command
+def resolve_record(
+    admin: Admin, record_id: str, sent_sid: str | None, not_sent: bool, reason: str, author: str
+) -> None:
+    """Settle an UNKNOWN send ID (from `records unknown`) with what Twilio's console shows."""
+    if bool(sent_sid) == not_sent:
+        raise click.UsageError("give exactly one of --sent SM… or --not-sent")
+    body: dict[str, str | None] = {
+        "outcome": "sent" if sent_sid else "not-sent",
+        "message_sid": sent_sid,
+        "reason": reason,
+        "author": author,
+    }
+    path = f"/v1/records/{urllib.parse.quote(record_id.strip(), safe='')}/resolve"
+    payload = admin.call("POST", path, body=body).payload
+
+    def render() -> str:
+        record = payload["record"]
+        if payload["outcome"] == "sent":
+            head = f"resolved as sent: {_cell(record.get('id'))} is {_cell(record['resolved_sid'])}"
+            then = "retries now replay that message (fetched from Twilio by the next retry)"
+        else:
+            head = f"resolved as not sent: {_cell(record.get('id'))} released"
+            then = "the next retry of this send goes to Twilio"
+        return f"{head}\n  {then}"
+
+    admin.show(payload, render)
+
+
 # -- status -----------------------------------------------------------------------------------
+
+
+_STORE_KINDS = {
+    "embedded": "embedded (private to this instance)",
+    "standalone": "standalone Redis",
+    "sentinel": "Redis via Sentinel",
+    "cluster": "Redis Cluster",
+}
+_STORE_MODES = {  # /readyz and /v1/status `store_mode`: which store guards sends right now
+    "shared": "normal: sends guarded by the {store} store",
+    "local": "local (OUTAGE: sends guarded by this instance's private store)",
+    "closed": "closed (OUTAGE: guarded sends refused)",
+    "open": "open (OUTAGE: sends forwarded UNGUARDED)",
+}
+
+
+def _store_mode_text(mode: Any, kind: Any) -> str:
+    text = _STORE_MODES.get(mode) if isinstance(mode, str) else None
+    if text is None:
+        return _cell(mode)
+    return text.format(store=kind if isinstance(kind, str) and kind in _STORE_KINDS else "primary")
 
 
 @click.command("status")
 @admin_command
 def status(admin: Admin) -> None:
-    """Readiness, store mode, engaged kill switches and request counts of one instance."""
+    """Readiness, store kind and mode, engaged kill switches and request counts of one
+    instance."""
     ready = admin.call("GET", "/readyz", accept=(503,)).payload or {}
     overview = admin.call("GET", "/v1/status").payload or {}
 
@@ -724,15 +872,21 @@ def status(admin: Admin) -> None:
         engaged += " (store sync {}, push {})".format(
             "ok" if sync.get("synced") else "FAILING", "live" if sync.get("pushed") else "down"
         )
-        mode = _cell(overview.get("store_mode", ready.get("store_mode")))
+        kind = overview.get("store_kind", ready.get("store_kind"))
+        mode = _store_mode_text(overview.get("store_mode", ready.get("store_mode")), kind)
         if ready.get("degraded") or overview.get("degraded_since"):
             mode += f" (DEGRADED since {when(overview.get('degraded_since'))})"
+        store = _STORE_KINDS.get(kind, _cell(kind)) if isinstance(kind, str) else _cell(kind)
+        store_up = overview.get("store_up", ready.get("store_up"))
+        if store_up is not None:
+            store += ", up" if store_up else ", DOWN"
         lines = [
             pairs(
                 [
                     ("admin url", admin.client.base_url),
                     ("ready", "yes" if ready.get("ready") else "NO"),
                     ("shutting down", ready.get("shutting_down")),
+                    ("store", store),
                     ("store mode", mode),
                     ("kill switches", engaged),
                     ("status-callback tee", "on" if overview.get("tee") else "off"),

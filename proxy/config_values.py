@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -93,8 +94,58 @@ def check_http_url(value: str, *, allow_path: bool) -> str:
     return value.rstrip("/")
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+@dataclass(frozen=True)
+class SentinelTarget:
+    """`redis+sentinel://[user:password@]host:port[,host:port…]/<master>[/db]`: the sentinels
+    to ask, the master's name, and the credentials of the data nodes."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_sentinel_url(value: str) -> SentinelTarget:
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in SENTINEL_SCHEMES:
+        raise ValueError("not a redis+sentinel:// URL")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts, userinfo = netloc, ""
+    username, colon, password = userinfo.partition(":")
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("each sentinel must be host:port, e.g. sentinel-0:26379")
+        sentinels.append((host.strip("[]"), int(port)))
+    parts = [unquote(part) for part in path.split("/") if part]
+    if not parts or len(parts) > 2:
+        raise ValueError("the path must name the master: /<master-name>[/db]")
+    if len(parts) == 2 and not parts[1].isdigit():
+        raise ValueError("the db after the master name must be a number")
+    return SentinelTarget(
+        sentinels=tuple(sentinels),
+        master=parts[0],
+        db=int(parts[1]) if len(parts) == 2 else 0,
+        username=unquote(username) or None,
+        password=unquote(password) if colon else None,
+        tls=scheme.lower() == "rediss+sentinel",
+    )
+
+
 def check_redis_url(value: str) -> str:
-    """One URL, or several comma-separated (a cluster's seed nodes); each is checked."""
+    """One URL, several comma-separated (a cluster's seed nodes; each is checked), or a
+    redis+sentinel:// URL with its sentinels comma-separated in the authority."""
+    if value.strip().lower().startswith(SENTINEL_SCHEMES):
+        parse_sentinel_url(value.strip())
+        return value.strip()
     seeds = [seed.strip() for seed in value.split(",")]
     if len(seeds) > 1:
         for seed in seeds:
@@ -115,7 +166,10 @@ def _check_one_redis_url(value: str) -> str:
     except ValueError:
         raise ValueError("malformed URL") from None
     if parts.scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported scheme {parts.scheme!r} (use redis://, rediss://, unix://)")
+        raise ValueError(
+            f"unsupported scheme {parts.scheme!r} (use redis://, rediss://, unix://, "
+            "redis+sentinel://)"
+        )
     if parts.scheme == "unix" and not parts.path:
         raise ValueError("unix:// URL needs a socket path, e.g. unix:///run/redis.sock")
     if parts.scheme != "unix" and not parts.hostname:

@@ -78,7 +78,7 @@ class Metrics:
         self.sends = Counter(
             "sendguard_sends",
             "Guarded sends Twilio accepted or may have accepted (2xx, 5xx), by account SID (the"
-            f" first {ACCOUNT_LABEL_LIMIT} accounts seen; later ones as account=\"other\").",
+            f' first {ACCOUNT_LABEL_LIMIT} accounts seen; later ones as account="other").',
             ["account"],
             registry=self.registry,
         )

@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails, to_jsonable_python
@@ -242,6 +243,9 @@ class Settings(BaseSettings):
     on_store_error: Literal["local", "closed", "open"] = Field(
         "closed", description="Store outage policy: closed, local or open."
     )
+    store_min_replicas: int = Field(
+        0, ge=0, le=16, description="Replicas that must hold a claim (WAIT) before a send goes out."
+    )
     unknown_resend_after: OptionalDuration = Field(
         None,
         description="Resend an UNKNOWN send once after this long with no evidence; off = never.",
@@ -316,7 +320,27 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _validate_redis_url(cls, value: str | None) -> str | None:
-        return None if value is None else check_redis_url(value)
+        if value is None:
+            return None
+        checked = check_redis_url(value)
+        if "+sentinel://" not in checked.lower():
+            for seed in checked.split(","):
+                _check_client_url(seed)
+        return checked
+
+    @field_validator("store_min_replicas")
+    @classmethod
+    def _check_min_replicas(cls, value: int, info: ValidationInfo) -> int:
+        if value and info.data.get("redis_cluster"):
+            raise ValueError(
+                "not supported with redis_cluster (WAIT must run on the claim's own connection);"
+                " use 0, or a Sentinel/standalone store with replicas"
+            )
+        if value and info.data.get("redis_url") is None:
+            raise ValueError(
+                "needs a shared store with replicas (redis_url); the embedded one has none"
+            )
+        return value
 
     @field_validator("data_dir")
     @classmethod
@@ -461,6 +485,32 @@ class Settings(BaseSettings):
             yield name, value if name is None else mask(name, value, keep_secret_type=True)
 
 
+# Query parameters redis-py takes from a URL that sendguard's store clients can use.
+_REDIS_URL_OPTIONS = frozenset(
+    {"client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"}
+)
+
+
+def _check_client_url(url: str) -> None:
+    """What redis-py itself would refuse (or silently misread) only once sendguard runs:
+    a non-numeric db in the path, a bad or unknown query parameter. Never echoes the URL."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+
+    parts = urlsplit(url)
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError("the path must be the database number, e.g. redis://redis:6379/0")
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in URL_QUERY_ARGUMENT_PARSERS and name not in _REDIS_URL_OPTIONS:
+            raise ValueError(f"unknown query parameter {name!r} in the URL")
+    try:
+        parse_url(url)
+    except ValueError as exc:  # e.g. "Invalid value for 'socket_timeout' in connection URL."
+        raise ValueError(str(exc).rstrip(".")) from None
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from flags (`overrides`, None = not given) > env > config file > defaults.
 
@@ -475,6 +525,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(_problems(exc, given, path)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([("config", f"{path}: invalid TOML: {exc}")]) from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes the file itself
+        raise ConfigError([("config", f"{path}: not UTF-8 text (a TOML file)")]) from exc
     except OSError as exc:
         raise ConfigError([("config", f"{path}: cannot read: {exc.strerror}")]) from exc
     finally:
@@ -489,7 +541,8 @@ def _resolve_config_file(config_file: Path | None) -> Path | None:
         config_file = Path(from_env)
     path = Path(config_file)  # tolerates a str from programmatic callers
     if not path.is_file():
-        raise ConfigError([("config", f"no such file: {path}")])
+        what = "not a file" if path.exists() else "no such file"
+        raise ConfigError([("config", f"{what}: {path}")])
     return path
 
 

@@ -14,7 +14,8 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from proxy.admin.app import create_admin_app
-from proxy.server.app import STORE_URL, create_app
+from proxy.server.app import METRICS, STORE_URL, create_app
+from proxy.server.limits import admin_runner, proxy_runner
 from proxy.settings import load_settings
 
 ACCOUNT = "AC" + "0123456789abcdef" * 2
@@ -50,13 +51,16 @@ class ProxyFactory:
     async def start(self, port: int = 0, **overrides: Any) -> ProxyInstance:
         settings = load_settings(**{"log_format": "json", **overrides})
         app = create_app(settings)
-        runner = web.AppRunner(app, shutdown_timeout=5)
+        # The same runners (client limits included) as `sendguard serve`.
+        runner = proxy_runner(app, settings, app[METRICS], shutdown_timeout=5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port)
         await site.start()
         port = runner.addresses[0][1]
         instance = ProxyInstance(f"http://127.0.0.1:{port}", app, runner)
-        admin = web.AppRunner(create_admin_app(app, lambda: instance.stopping))
+        admin = admin_runner(
+            create_admin_app(app, lambda: instance.stopping), settings, app[METRICS]
+        )
         await admin.setup()
         await web.TCPSite(admin, "127.0.0.1", 0).start()
         instance.admin_url = f"http://127.0.0.1:{admin.addresses[0][1]}"

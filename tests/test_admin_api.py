@@ -5,6 +5,8 @@ Real instances, a real store, the fake Twilio counting creates.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from proxy.sandbox import Fault
@@ -47,7 +49,9 @@ def send_form(to: str = ALICE, body: str = "hello") -> dict[str, str]:
 async def test_v1_needs_the_bearer_token(guarded, http, headers):
     for method, path in [("GET", "/v1/status"), ("GET", "/v1/kill-switches"),
                          ("POST", "/v1/kill-switches"), ("DELETE", "/v1/kill-switches/global"),
-                         ("GET", "/v1/records?message_sid=x")]:  # fmt: skip
+                         ("GET", "/v1/records?message_sid=x"),
+                         ("GET", "/v1/records?state=unknown"),
+                         ("POST", f"/v1/records/r{'0' * 24}.k{'0' * 40}/resolve")]:  # fmt: skip
         status, body = await call(http, method, guarded.admin_url + path, headers=headers)
         assert status == 401, (method, path)
         assert body["error"]["status"] == 401
@@ -213,10 +217,15 @@ async def test_records_by_message_sid_and_by_key(guarded, http):
         "done", sent["sid"], 201,
     )  # fmt: skip
     assert record["send"]["to"] == "+155******10" and ALICE not in str(found)
+    assert re.fullmatch(r"r[0-9a-f]{24}\.f[0-9a-f]{40}", record["id"])  # keyless: fingerprint
+    status, by_id = await call(http, "GET", guarded.admin_url + "/v1/records",
+                               params={"id": record["id"]})  # fmt: skip
+    assert (status, by_id) == (200, found)
     _, _, keyed = await post_send(http, guarded.url, send_form(body="keyed"), key="order-77")
     status, found = await call(http, "GET", guarded.admin_url + "/v1/records",
                                params={"account": ACCOUNT, "key": "order-77"})  # fmt: skip
     assert (status, found["record"]["message_sid"]) == (200, keyed["sid"])
+    assert re.fullmatch(r"r[0-9a-f]{24}\.k[0-9a-f]{40}", found["record"]["id"])
     status, _ = await call(http, "GET", guarded.admin_url + "/v1/records",
                            params={"message_sid": "SM" + "0" * 32})  # fmt: skip
     assert status == 404
@@ -232,6 +241,10 @@ async def test_an_unknown_record_shows_why(guarded, fake_twilio, http):
                                params={"account": ACCOUNT, "key": "amb-1"})  # fmt: skip
     assert (status, found["record"]["state"]) == (200, "unknown")
     assert found["record"]["unknown_reason"] == "upstream-500"
+    status, ledger = await call(http, "GET", guarded.admin_url + "/v1/records",
+                                params={"state": "unknown"})  # fmt: skip
+    assert status == 200
+    assert [entry["id"] for entry in ledger["records"]] == [found["record"]["id"]]
 
 
 async def test_status_overview(guarded, http):

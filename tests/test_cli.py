@@ -59,9 +59,8 @@ def test_check_config_bad_file_key_exits_2(tmp_path: Path) -> None:
     config.write_text('listen = "0.0.0.0:8080"\nbogus_key = 1\n')
     result = run("check-config", "--config", str(config))
     assert result.exit_code == 2
-    assert result.stderr.splitlines() == [
-        "sendguard: invalid configuration:",
-        f"  bogus_key: unknown setting (from {config})",
+    assert result.stderr.splitlines() == [  # one problem, one line
+        f"sendguard: invalid configuration: bogus_key: unknown setting (from {config})",
     ]
     assert result.stdout == ""
 
@@ -84,7 +83,7 @@ def test_config_file_from_env_missing_exits_2(
     monkeypatch.setenv("SENDGUARD_CONFIG", str(tmp_path / "missing.toml"))
     result = run("check-config")
     assert result.exit_code == 2
-    assert "config: no such file" in result.stderr
+    assert "config file (--config / SENDGUARD_CONFIG): no such file" in result.stderr
 
 
 def test_flags_override_env_and_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ import click
 import pytest
 
 from proxy.cli_admin import AdminClient, Unreachable, default_admin_url
+from proxy.sandbox import Fault
+from proxy.server.app import METRICS
 from tests.harness import ACCOUNT, MESSAGES, SENDER, ProxyInstance, basic_auth, post_send
 from tests.servers import free_port
 
@@ -326,6 +328,109 @@ async def test_records_show_by_message_sid_and_by_key(pair, http):
     assert both.code == 2
 
 
+async def lost_answer_sends(http, proxy: ProxyInstance, fake_twilio, *recipients: str) -> list[str]:
+    """Sends Twilio made but answered 500 (UNKNOWN), hidden from its list: their SIDs."""
+    fake_twilio.list_lag_seconds = 600.0
+    sids = []
+    for to in recipients:
+        fake_twilio.push_fault(Fault("500-after-create"))
+        before = set(fake_twilio.messages)
+        status, _, _ = await post_send(http, proxy.url, form(to, "lost answer"))
+        assert status == 500
+        [sid] = set(fake_twilio.messages) - before
+        sids.append(sid)
+    return sids
+
+
+async def unknown_ledger(proxy: ProxyInstance, n: int) -> list[dict[str, Any]]:
+    for _ in range(50):
+        entries = ok(await sendguard("records", "unknown", "--json", admin=proxy)).json()["records"]
+        if len(entries) >= n:
+            return entries
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the ledger holds {entries}")
+
+
+async def test_records_unknown_then_resolve_sent_and_not_sent(pair, fake_twilio, http):
+    first, second = pair
+    alice_sid, _ = await lost_answer_sends(http, first, fake_twilio, ALICE, BOB)
+    alice, bob = await unknown_ledger(second, 2)
+    assert (alice["to"], bob["to"]) == ("+155******10", "+155******11")
+
+    listed = ok(await sendguard("records", "unknown", admin=second)).stdout.splitlines()
+    assert listed[0].split() == ["ID", "ACCOUNT", "TO", "FROM", "ROUTE", "CLAIMED", "REASON", "LOOKUPS", "SID"]  # fmt: skip
+    assert [row.split()[0] for row in listed[1:]] == [alice["id"], bob["id"]]
+    assert listed[1].split()[1:5] == [ACCOUNT, "+155******10", "+150******06", "messages"]
+    assert "upstream-500" in listed[1] and listed[1].rstrip().endswith("-")  # no SID known
+    assert ALICE not in "\n".join(listed) and "lost answer" not in "\n".join(listed)
+    shown = dict(labelled(ok(await sendguard("records", "show", "--id", alice["id"], admin=second)).stdout))  # fmt: skip
+    assert (shown["id"], shown["state"], shown["reconciliations"]) == (alice["id"], "unknown", "0")
+
+    sent = await sendguard("records", "resolve", alice["id"], "--sent", alice_sid,
+                           "--reason", "in the console, INC-9", admin=second)  # fmt: skip
+    assert ok(sent).stdout.splitlines()[0] == f"resolved as sent: {alice['id']} is {alice_sid}"
+    not_sent = await sendguard("records", "resolve", bob["id"], "--not-sent",
+                               "--reason", "not in the console", "--json", admin=first)  # fmt: skip
+    body = ok(not_sent).json()
+    assert (body["outcome"], body["record"]["id"]) == ("not-sent", bob["id"])
+    # Bob's is gone; Alice's stays listed, with its SID, until a retry fetches and replays it.
+    listed = ok(await sendguard("records", "unknown", admin=first)).stdout.splitlines()
+    assert [row.split()[0] for row in listed[1:-1]] == [alice["id"]]
+    assert listed[1].rstrip().endswith(alice_sid) and "next retry" in listed[-1]
+
+    # What the app's retries get now: Alice's replays the message Twilio made, Bob's sends.
+    status, headers, replayed = await post_send(http, second.url, form(ALICE, "lost answer"))
+    assert (status, headers["X-Sendguard-Decision"], replayed["sid"]) == (
+        201,
+        "replayed",
+        alice_sid,
+    )
+    assert (
+        ok(await sendguard("records", "unknown", admin=first)).stdout.strip() == "no UNKNOWN sends"
+    )
+    status, headers, _ = await post_send(http, first.url, form(BOB, "lost answer"))
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    assert fake_twilio.creates == 3
+
+    again = await sendguard("records", "resolve", bob["id"], "--not-sent", "--reason", "x", admin=first)  # fmt: skip
+    assert again.code == 1 and again.stdout == ""
+    assert "no UNKNOWN record" in again.stderr and "(HTTP 404)" in again.stderr
+    metrics = first.app[METRICS], second.app[METRICS]
+    assert [
+        m.value("sendguard_reconciliations_total", outcome="resolved-sent") for m in metrics
+    ] == [0, 1]
+    assert [
+        m.value("sendguard_reconciliations_total", outcome="resolved-not-sent") for m in metrics
+    ] == [1, 0]
+
+
+async def test_records_resolve_usage_errors_and_auth(pair, fake_twilio, http):
+    first, _ = pair
+    [sid] = await lost_answer_sends(http, first, fake_twilio, ALICE)
+    [entry] = await unknown_ledger(first, 1)
+    record_id = entry["id"]
+    neither, both, bad_sid, no_reason, bad_id, wrong_token, no_token, listed_no_token = await asyncio.gather(
+        sendguard("records", "resolve", record_id, "--reason", "x", admin=first),
+        sendguard("records", "resolve", record_id, "--sent", sid, "--not-sent", "--reason", "x", admin=first),
+        sendguard("records", "resolve", record_id, "--sent", "SM123", "--reason", "x", admin=first),
+        sendguard("records", "resolve", record_id, "--not-sent", admin=first),
+        sendguard("records", "resolve", "r123.k456", "--not-sent", "--reason", "x", admin=first),
+        sendguard("records", "resolve", record_id, "--not-sent", "--reason", "x", admin=first, token="wrong-token"),
+        sendguard("records", "resolve", record_id, "--sent", sid, "--reason", "x", admin=first, token=None),
+        sendguard("records", "unknown", admin=first, token=None),
+    )  # fmt: skip
+    assert neither.code == 2 and "--sent SM… or --not-sent" in neither.stderr
+    assert both.code == 2
+    assert bad_sid.code == 2 and "--sent" in bad_sid.stderr
+    assert no_reason.code == 2 and "--reason" in no_reason.stderr
+    assert bad_id.code == 1 and "not a record id" in bad_id.stderr and "(HTTP 400)" in bad_id.stderr
+    for refused in (wrong_token, no_token, listed_no_token):
+        assert refused.code == 4 and refused.stdout == "" and "401" in refused.stderr
+    # Nothing changed: still UNKNOWN, still one create.
+    assert [e["id"] for e in await unknown_ledger(first, 1)] == [record_id]
+    assert fake_twilio.creates == 1
+
+
 async def test_status(pair, http):
     first, _ = pair
     await post_send(http, first.url, form(ALICE, "one"))
@@ -336,12 +441,13 @@ async def test_status(pair, http):
         sendguard("status", admin=first), sendguard("status", "--json", admin=first)
     )
     lines = ok(table).stdout.splitlines()
-    fields = dict(labelled("\n".join(lines[:6])))
+    fields = dict(labelled("\n".join(lines[:7])))
     assert fields == {
         "admin url": first.admin_url,
         "ready": "yes",
         "shutting down": "no",
-        "store mode": "shared",
+        "store": "standalone Redis, up",
+        "store mode": "normal: sends guarded by the standalone store",
         "kill switches": "1 engaged (store sync ok, push live)",
         "status-callback tee": "off",
     }
@@ -351,10 +457,10 @@ async def test_status(pair, http):
     assert (counts["forwarded"], counts["replayed"]) == ("1", "1")
     body = ok(raw).json()
     assert body["readyz"] == {
-        "ready": True, "store_mode": "shared", "store_up": True, "degraded": False,
-        "shutting_down": False,
+        "ready": True, "store_kind": "standalone", "store_mode": "shared", "store_up": True,
+        "degraded": False, "shutting_down": False,
     }  # fmt: skip
-    assert body["status"]["store_mode"] == "shared"
+    assert (body["status"]["store_kind"], body["status"]["store_mode"]) == ("standalone", "shared")
     assert [s["scope"] for s in body["status"]["kill_switches"]] == ["prefix:+44"]
 
 

@@ -58,18 +58,24 @@ async def send_then_sigkill(process: asyncio.subprocess.Process, url: str, fake)
             await attempt
 
 
-async def wait_until_outcome_unknown(session, url: str, seconds: float = 10) -> list[str]:
+async def wait_until_settled(session, url: str, seconds: float = 10) -> list[str]:
+    """Retry until the dead owner's claim is settled: first `in-flight` (its lease is
+    honoured), then the stale claim turns UNKNOWN, which the retry reconciles (the fake had
+    created the message): `replayed`. Never `forwarded`."""
     seen: list[str] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         status, headers, body = await post_send(session, url, FORM)
         seen.append(headers["X-Sendguard-Decision"])
+        if seen[-1] == "replayed":
+            assert status == 201
+            return seen
         if seen[-1] == "outcome-unknown":
             assert (status, body["code"]) == (409, 79004)
-            return seen
-        assert (status, seen[-1]) == (409, "in-flight")
+        else:
+            assert (status, seen[-1]) == (409, "in-flight")
         await asyncio.sleep(0.3)
-    raise AssertionError(f"never became outcome-unknown: {seen}")
+    raise AssertionError(f"never settled: {seen}")
 
 
 async def test_sigkill_between_send_and_record_is_never_retaken(
@@ -83,10 +89,11 @@ async def test_sigkill_between_send_and_record_is_never_retaken(
     survivor = await proxies.start(
         upstream=fake_twilio.url, redis_url=shared_redis_url, inflight_wait=0.1
     )
-    seen = await wait_until_outcome_unknown(http, survivor.url)
+    seen = await wait_until_settled(http, survivor.url)
     assert seen[0] == "in-flight", "the dead owner's lease must be honoured first"
-    status, headers, _ = await post_send(http, survivor.url, FORM)
-    assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
+    status, headers, body = await post_send(http, survivor.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+    assert body["sid"] in fake_twilio.messages
     assert fake_twilio.creates == 1
 
 
@@ -113,7 +120,7 @@ async def test_sigkill_with_the_persistent_embedded_store(fake_twilio, proxies, 
     restarted = await proxies.start(
         upstream=fake_twilio.url, data_dir=str(data_dir), inflight_wait=0.1
     )
-    await wait_until_outcome_unknown(http, restarted.url)
+    await wait_until_settled(http, restarted.url)
     assert fake_twilio.creates == 1
     await proxies.stop_all()
     assert _processes_using(data_dir) == [], "the embedded server outlived sendguard"

@@ -1,9 +1,12 @@
 """The Dockerfile, checked without a Docker engine.
 
 Two halves. The static half parses the Dockerfile (and .dockerignore) and checks what the image
-promises: a slim multi-stage build, a numeric non-root user, the exec-form `sendguard serve`
-entrypoint, both listeners on all interfaces, the exposed ports and a HEALTHCHECK on the admin
-port. The mirror half repeats the image build on this machine: it copies exactly the files the
+promises: a slim multi-stage build on a base pinned by version and digest, dependencies
+installed exactly as requirements.lock pins them (hash-checked), a numeric non-root user, the
+exec-form `sendguard serve` entrypoint, both listeners on all interfaces, the exposed ports and
+a HEALTHCHECK on the admin port. The supply-chain checks go with it: the locks pin every
+dependency (the image's with hashes), CI installs under the test lock, and pyproject's version
+floors are at least the releases whose APIs the code uses. The mirror half repeats the image build on this machine: it copies exactly the files the
 builder stage COPYs, runs the builder stage's own RUN lines (absolute paths moved under a
 temporary root), then starts the ENTRYPOINT + CMD with the runtime stage's environment from the
 resulting clean virtualenv, talks to it and stops it with SIGTERM, the way `docker stop` does.
@@ -20,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 from tests.servers import free_port
 
@@ -133,14 +139,16 @@ def runtime(dockerfile) -> Stage:
 # --- the static half --------------------------------------------------------------------------
 
 
-def test_multi_stage_on_a_slim_python_base(dockerfile):
-    args, stages = dockerfile
+def test_multi_stage_on_a_slim_python_base_pinned_by_digest(dockerfile):
+    _args, stages = dockerfile
     assert len(stages) >= 2
     assert stages[0].name == "builder"
+    pinned = re.compile(r"python:3\.(1[1-9])\.\d+-slim-bookworm@sha256:[0-9a-f]{64}")
     for stage in stages:
-        assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", stage.base), stage.base
-    version = re.fullmatch(r"3\.(\d+)", args.get("PYTHON_VERSION", ""))
-    assert version and int(version.group(1)) >= 11, "requires-python is >= 3.11"
+        found = pinned.fullmatch(stage.base)
+        assert found, f"{stage.base}: an exact python release and its image digest"
+        assert int(found.group(1)) >= 11, "requires-python is >= 3.11"
+    assert len({stage.base for stage in stages}) == 1, "builder and runtime on the same base"
     runtime = stages[-1]
     assert any(args.startswith("--from=builder ") for args in runtime.all("COPY"))
     assert not copy_sources(runtime), "the runtime stage takes nothing from the build context"
@@ -199,6 +207,82 @@ def test_dockerignore_is_an_allowlist_of_what_the_builder_copies(builder):
     assert copied == allowed
     for source in copied:
         assert (ROOT / source).exists(), source
+
+
+def lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """{normalised name: (version, [hashes])} of a pip-compile / uv lock file."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", line)
+        if found:
+            current = re.sub(r"[-_.]+", "-", found.group(1)).lower()
+            pins[current] = (found.group(2), [])
+            continue
+        assert current, line
+        pins[current][1].extend(re.findall(r"--hash=sha256:([0-9a-f]{64})", line))
+    return pins
+
+
+def pyproject_requirements(extra: str | None = None) -> list[Requirement]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = project["optional-dependencies"][extra] if extra else project["dependencies"]
+    return [Requirement(item) for item in wanted]
+
+
+def test_the_builder_installs_exactly_the_hash_checked_lock(builder):
+    assert any("requirements.lock" in sources for sources, _ in copy_sources(builder))
+    install = next(run for run in builder.all("RUN") if "python -m venv" in run)
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in install
+    assert "pip install --no-deps /wheels/" in install, "sendguard itself resolves nothing"
+    assert "pip check" in install
+
+
+def test_the_image_lock_pins_every_dependency_with_hashes():
+    pins = lock_pins(ROOT / "requirements.lock")
+    for name, (version, hashes) in pins.items():
+        assert hashes, f"{name}=={version} has no hash"
+    for requirement in pyproject_requirements():
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{requirement} is not locked"
+        assert requirement.specifier.contains(pins[name][0]), f"{requirement} vs {pins[name][0]}"
+
+
+def test_ci_installs_under_the_test_lock():
+    pins = lock_pins(ROOT / "requirements-test.lock")
+    image = lock_pins(ROOT / "requirements.lock")
+    for requirement in pyproject_requirements() + pyproject_requirements("test"):
+        name = re.sub(r"[-_.]+", "-", requirement.name).lower()
+        assert name in pins, f"{requirement} is not in requirements-test.lock"
+        assert requirement.specifier.contains(pins[name][0]), f"{requirement} vs {pins[name][0]}"
+    assert {name: version for name, (version, _) in image.items()} == {
+        name: pins[name][0] for name in image
+    }, "the image and CI run the same versions"
+    script = (ROOT / "scripts" / "test").read_text()
+    assert "PIP_CONSTRAINT=" in script and "requirements-test.lock" in script
+
+
+# The oldest release of each dependency that has what the code uses (a lower floor in
+# pyproject.toml would let pip install a release the code cannot run on).
+API_FLOORS = [
+    (r"web\.RequestKey\(", "aiohttp", "3.14"),
+    (r"\.is_enabled_for\(", "structlog", "25.1"),
+    (r"\bNoDecode\b", "pydantic-settings", "2.7"),
+]
+
+
+@pytest.mark.parametrize(("usage", "package", "floor"), API_FLOORS)
+def test_version_floors_cover_the_apis_the_code_uses(usage, package, floor):
+    sources = "\n".join(path.read_text() for path in (ROOT / "proxy").rglob("*.py"))
+    assert re.search(usage, sources), f"the code no longer uses {usage}: drop this floor"
+    (requirement,) = [r for r in pyproject_requirements() if r.name == package]
+    lowest = min(
+        (Version(spec.version) for spec in requirement.specifier if spec.operator == ">="),
+        default=None,
+    )
+    assert lowest is not None and lowest >= Version(floor), f"{requirement}: needs >={floor}"
 
 
 # --- the mirror half --------------------------------------------------------------------------

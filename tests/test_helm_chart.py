@@ -7,7 +7,10 @@ Kubernetes the scenario supports and the newest the package knows. Then the prop
 reviewer looks for are asserted on the parsed manifests: probes on the admin port, the locked-down
 security context, config and secrets actually reaching the container (and accepted by
 sendguard's own settings loader), the sidecar inside the example app's pod, and the optional
-pieces appearing only when switched on.
+pieces appearing only when switched on. Production-safe defaults (issue 15): the embedded store
+and the trial Redis persist to volume claims, the egress policy opens the store's Redis port,
+the schema refuses malformed limits and durations, and the PrometheusRule ships the promtool-
+tested alert rules verbatim.
 """
 
 from __future__ import annotations
@@ -33,10 +36,20 @@ from proxy.settings import Settings, load_settings
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "sendguard"
 EXAMPLE = ROOT / "helm" / "examples" / "app"
+RULES = CHART / "alerts" / "sendguard-rules.yaml"
+SIDECAR_SHARED_REDIS = yaml.safe_load(
+    (CHART / "examples" / "sidecar-shared-redis.yaml").read_text()
+)
 RELEASE = "demo"
 NAMESPACE = "sends"
 NEWEST = kubernetes_validate.latest_version()
 ACCOUNT = "AC" + "0123456789abcdef" * 2
+EXISTING_SECRET_VALUES = {
+    "redis-url": "rediss://:pw@redis.shared.svc:6380/0",
+    "admin-token": "a" * 32,
+    "twilio-auth-tokens": f"{ACCOUNT}={'t' * 32}",
+    "callback-secret": "c" * 32,
+}
 SECRET_SETTINGS = {"admin_token", "twilio_auth_tokens", "callback_secret", "redis_url"}
 # Settings the chart derives from its own values rather than from `config:`.
 CHART_OWNED_SETTINGS = {"listen", "admin_listen", "kill_switch", "shutdown_grace", "redis_cluster"}
@@ -54,6 +67,13 @@ METRICS = {
     "sendguard_store_errors_total",
     "sendguard_store_mode",
     "sendguard_sends_total",
+    "sendguard_unguarded_sends_total",
+    "sendguard_store_up",
+    "sendguard_pending_outcome_writes",
+    "sendguard_client_connections",
+    "sendguard_client_connections_refused_total",
+    "sendguard_client_connections_evicted_total",
+    "sendguard_client_timeouts_total",
 }
 
 FULL_STANDALONE = {
@@ -117,6 +137,19 @@ SCENARIOS = {
         "1.25.0",
     ),
     "sidecar": Scenario("sendguard", SIDECAR, "1.25.0"),
+    "sidecar-shared-redis": Scenario("sendguard", SIDECAR_SHARED_REDIS, "1.25.0"),
+    "example-sidecar-shared-redis": Scenario(
+        "example", {"sendguard": SIDECAR_SHARED_REDIS}, "1.29.0"
+    ),
+    "standalone-alerts-external-redis-policy": Scenario(
+        "sendguard",
+        {
+            "redis": {"mode": "external", "url": "redis://redis.example:6380/0"},
+            "networkPolicy": {"enabled": True, "egress": {"restrict": True}},
+            "metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}},
+        },
+        "1.25.0",
+    ),
     "example-native-sidecar": Scenario("example", {}, "1.29.0"),
     "example-classic-sidecar": Scenario(
         "example",
@@ -196,7 +229,11 @@ def effective_env(container: dict[str, Any], manifests: list[dict[str, Any]]) ->
             env[item["name"]] = item["value"]
             continue
         ref = item["valueFrom"]["secretKeyRef"]
-        secret = one(manifests, "Secret", ref["name"])
+        rendered = [s for s in of_kind(manifests, "Secret") if s["metadata"]["name"] == ref["name"]]
+        if not rendered:  # an existingSecret the cluster holds: stand-in values
+            env[item["name"]] = EXISTING_SECRET_VALUES[ref["key"]]
+            continue
+        (secret,) = rendered
         env[item["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
     return env
 
@@ -208,8 +245,9 @@ def validate_all(manifests: list[dict[str, Any]], oldest: str) -> None:
     for doc in manifests:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             # Prometheus Operator CRDs: kubernetes-validate ships only the built-in kinds.
-            assert doc["kind"] in {"ServiceMonitor", "PodMonitor"}
-            assert doc["metadata"]["name"] and doc["spec"]["selector"]
+            assert doc["kind"] in {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
+            assert doc["metadata"]["name"]
+            assert doc["spec"]["groups" if doc["kind"] == "PrometheusRule" else "selector"]
             continue
         for version in (oldest, NEWEST):
             try:
@@ -244,6 +282,7 @@ def test_default_values_render_one_standalone_replica_with_the_embedded_store(ch
         "Deployment",
         "Service",
         "PodDisruptionBudget",
+        "PersistentVolumeClaim",
     }
     deployment = one(manifests, "Deployment")
     assert deployment["metadata"]["name"] == f"{RELEASE}-sendguard"
@@ -256,6 +295,40 @@ def test_default_values_render_one_standalone_replica_with_the_embedded_store(ch
     env = effective_env(container, manifests)
     assert "SENDGUARD_REDIS_URL" not in env
     assert "SENDGUARD_KILL_SWITCH" not in env
+
+
+def test_the_embedded_store_persists_to_a_kept_volume_claim(charts, monkeypatch):
+    """A rollout must not forget records, learned suppressions and API kill switches."""
+    manifests = render(charts, "sendguard")
+    spec = pod_spec(one(manifests, "Deployment"))
+    container = sendguard_container(spec)
+    env = effective_env(container, manifests)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "sendguard-data"]
+    assert env["SENDGUARD_DATA_DIR"] == mount["mountPath"] == "/var/lib/sendguard"
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "sendguard-data"]
+    claim = one(manifests, "PersistentVolumeClaim")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert str(settings_from(env, monkeypatch).data_dir) == "/var/lib/sendguard"
+    # An existing claim is mounted, not created; persistence off: memory only.
+    existing = render(charts, "sendguard", {"persistence": {"existingClaim": "sg-data"}})
+    assert "PersistentVolumeClaim" not in kinds(existing)
+    (volume,) = [
+        v for v in pod_spec(one(existing, "Deployment"))["volumes"] if v["name"] == "sendguard-data"
+    ]
+    assert volume["persistentVolumeClaim"]["claimName"] == "sg-data"
+    off = render(charts, "sendguard", {"persistence": {"enabled": False}})
+    assert "PersistentVolumeClaim" not in kinds(off)
+    off_env = effective_env(sendguard_container(pod_spec(one(off, "Deployment"))), off)
+    assert "SENDGUARD_DATA_DIR" not in off_env
+    # A shared store needs no volume, nor does a sidecar (its pods are the app's).
+    for values in (FULL_STANDALONE, SIDECAR):
+        assert "PersistentVolumeClaim" not in kinds(render(charts, "sendguard", values))
+    example = render(charts, "example", {"sendguard": SIDECAR_SHARED_REDIS})
+    app = sendguard_container(pod_spec(one(example, "Deployment", f"{RELEASE}-app")))
+    assert "SENDGUARD_DATA_DIR" not in effective_env(app, example)
 
 
 def test_chart_app_version_is_the_package_version(charts):
@@ -540,7 +613,42 @@ def test_service_monitor_and_network_policy_appear_only_when_enabled(charts):
     ingress_ports = [rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]]
     assert ingress_ports == ["sg-proxy", "sg-admin"]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
-    assert egress_ports == {53, 443}
+    assert egress_ports == {53, 443, 6379}, "DNS, Twilio and the port in redis.url"
+
+
+@pytest.mark.parametrize(
+    ("values", "ports"),
+    [
+        ({"redis": {"mode": "external", "url": "rediss://:pw@redis.example:6380/0"}}, {6380}),
+        ({"redis": {"mode": "external", "url": "redis://redis.example/0"}}, {6379}),
+        ({"redis": {"mode": "external"}, "existingSecret": "sg"}, {6379}),
+        (
+            {
+                "redis": {
+                    "mode": "external",
+                    "url": "redis://a:7000,redis://b:7001",
+                    "cluster": True,
+                },
+            },
+            {7000, 7001},
+        ),
+        (
+            {
+                "redis": {"mode": "external", "url": "redis://r:6379/0"},
+                "networkPolicy": {"egress": {"redisPorts": [26379, 6379]}},
+            },
+            {26379, 6379},
+        ),
+        ({"redis": {"mode": "bundled", "bundled": {"port": 6390}}}, {6390}),
+    ],
+)
+def test_the_egress_policy_opens_the_configured_redis_port(charts, values, ports):
+    policy_values = {"enabled": True, "egress": {"restrict": True}}
+    policy_values["egress"].update(values.get("networkPolicy", {}).get("egress", {}))
+    manifests = render(charts, "sendguard", {**values, "networkPolicy": policy_values})
+    policy = one(manifests, "NetworkPolicy", f"{RELEASE}-sendguard")
+    opened = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert opened - {53, 443} == ports
 
 
 def test_autoscaling_owns_the_replica_count(charts):
@@ -559,14 +667,23 @@ def test_autoscaling_owns_the_replica_count(charts):
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
-def test_bundled_redis_is_one_unpersisted_node_that_never_evicts(charts):
+def test_bundled_redis_is_one_persisted_node_that_never_evicts(charts):
     manifests = render(charts, "sendguard", SCENARIOS["bundled-redis"].values)
     redis = one(manifests, "Deployment", f"{RELEASE}-sendguard-redis")
     service = one(manifests, "Service", f"{RELEASE}-sendguard-redis")
     assert redis["spec"]["replicas"] == 1
+    assert redis["spec"]["strategy"] == {"type": "Recreate"}, "one pod on the volume at a time"
     (container,) = pod_spec(redis)["containers"]
     args = container["args"]
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    # An append-only file on a claim that outlives the pod (and `helm uninstall`).
+    assert args[args.index("--appendonly") + 1] == "yes"
+    (mount,) = container["volumeMounts"]
+    assert args[args.index("--dir") + 1] == mount["mountPath"]
+    (volume,) = [v for v in pod_spec(redis)["volumes"] if v["name"] == mount["name"]]
+    claim = one(manifests, "PersistentVolumeClaim", f"{RELEASE}-sendguard-redis-data")
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     assert service["spec"]["selector"] == redis["spec"]["selector"]["matchLabels"]
     sendguard = one(manifests, "Deployment", f"{RELEASE}-sendguard")
     env = effective_env(sendguard_container(pod_spec(sendguard)), manifests)
@@ -580,6 +697,16 @@ def test_bundled_redis_is_one_unpersisted_node_that_never_evicts(charts):
     assert rule["from"] == [
         {"podSelector": {"matchLabels": sendguard["spec"]["selector"]["matchLabels"]}}
     ]
+
+
+def test_the_trial_redis_can_run_without_a_volume(charts):
+    values = {"redis": {"mode": "bundled", "bundled": {"persistence": {"enabled": False}}}}
+    manifests = render(charts, "sendguard", {**SCENARIOS["bundled-redis"].values, **values})
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    redis = one(manifests, "Deployment", f"{RELEASE}-sendguard-redis")
+    args = pod_spec(redis)["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "no"
+    assert "emptyDir" in pod_spec(redis)["volumes"][0]
 
 
 def test_the_grafana_dashboard_charts_sendguards_metrics(charts):
@@ -611,6 +738,39 @@ def test_the_grafana_dashboard_charts_sendguards_metrics(charts):
     assert json.loads(config_map["data"]["sendguard.json"]) == dashboard
 
 
+def test_the_prometheus_rule_ships_the_alert_rules_verbatim(charts):
+    assert "PrometheusRule" not in kinds(render(charts, "sendguard"))
+    values = {"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}}}
+    rule = one(render(charts, "sendguard", values), "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
+    # Sidecar mode too: the app chart's release carries the rules.
+    example = render(charts, "example", {"sendguard": SIDECAR_SHARED_REDIS})
+    assert one(example, "PrometheusRule")["spec"]["groups"] == rule["spec"]["groups"]
+
+
+def test_the_sidecar_with_shared_redis_example(charts, monkeypatch):
+    """helm/sendguard/examples/sidecar-shared-redis.yaml under an app chart's `sendguard:`."""
+    manifests = render(charts, "example", {"sendguard": SIDECAR_SHARED_REDIS})
+    assert not [d for d in manifests if d["metadata"]["name"].endswith("-redis")], "no trial Redis"
+    assert "PersistentVolumeClaim" not in kinds(manifests)
+    assert {"PodMonitor", "PrometheusRule"} <= kinds(manifests)
+    app = one(manifests, "Deployment", f"{RELEASE}-app")
+    container = sendguard_container(pod_spec(app))
+    refs = {i["name"]: i["valueFrom"]["secretKeyRef"] for i in container.get("env", [])}
+    assert refs["SENDGUARD_REDIS_URL"] == {
+        "name": "shop-sendguard",
+        "key": "redis-url",
+        "optional": False,
+    }
+    settings = settings_from(effective_env(container, manifests), monkeypatch)
+    assert settings.redis_url == EXISTING_SECRET_VALUES["redis-url"]
+    assert settings.on_store_error == "closed" and settings.ready_requires_store is False
+    assert settings.data_dir is None
+    assert settings.listen == "127.0.0.1:8080", "only the app's own containers send through it"
+
+
 # --- values.schema.json and render-time checks ------------------------------------------------
 
 
@@ -624,6 +784,28 @@ def test_the_grafana_dashboard_charts_sendguards_metrics(charts):
         ({"killSwitch": "global"}, "/killSwitch"),
         ({"config": {"on_store_error": "maybe"}}, "/config/on_store_error"),
         ({"config": {"dedup_window": "ten minutes"}}, "/config/dedup_window"),
+        ({"config": {"recipient_limits": "banana"}}, "/config/recipient_limits"),
+        ({"config": {"recipient_limits": "0/min"}}, "/config/recipient_limits"),
+        ({"config": {"account_limits": "1000/fortnight"}}, "/config/account_limits"),
+        ({"config": {"suppressions": "21610=forever"}}, "/config/suppressions"),
+        ({"config": {"suppressions": "21610=sender"}}, "/config/suppressions"),
+        ({"config": {"client_header_timeout": "soon"}}, "/config/client_header_timeout"),
+        ({"config": {"client_body_timeout": -1}}, "/config/client_body_timeout"),
+        ({"config": {"max_connections": 0}}, "/config/max_connections"),
+        ({"config": {"breaker_cooldown": "1 minute"}}, "/config/breaker_cooldown"),
+        ({"config": {"data_dir": "relative/dir"}}, "/config/data_dir"),
+        (
+            {"config": {"guarded_routes": [{"name": "sms", "path": "/Messages.json"}]}},
+            "/config/guarded_routes/0/path",
+        ),
+        ({"persistence": {"size": "lots"}}, "/persistence/size"),
+        ({"persistence": {"accessModes": ["ReadWriteSometimes"]}}, "/persistence/accessModes/0"),
+        (
+            {"redis": {"mode": "bundled", "bundled": {"persistence": {"size": "1 GB"}}}},
+            "/redis/bundled/persistence/size",
+        ),
+        ({"networkPolicy": {"egress": {"redisPorts": [0]}}}, "/networkPolicy/egress/redisPorts/0"),
+        ({"metrics": {"prometheusRule": {"enabled": "yes"}}}, "/metrics/prometheusRule/enabled"),
         ({"config": {"admin_token": "in the ConfigMap"}}, "/config"),
         ({"config": {"upstream": "https://api.twilio.com/2010-04-01"}}, "/config/upstream"),
         (

@@ -210,3 +210,28 @@ async def test_an_unknown_send_is_resolved_by_its_status_callback_without_a_retr
     assert (status, headers["X-Sendguard-Decision"], body["sid"]) == (201, "replayed", sid)
     assert list_calls(fake_twilio) == lists_before  # resolved already: no lookup needed
     assert fake_twilio.creates == 1
+
+
+async def test_a_message_hidden_by_list_lag_is_refused_until_it_shows_then_replayed(
+    proxies, fake_twilio, http
+):
+    """Twilio's list can miss a new message for minutes: absence is no evidence. Retries while
+    it is hidden get 409; once it is listed, the replay. Never a second create."""
+    proxy = await proxies.start(upstream=fake_twilio.url)
+    fake_twilio.push_fault(Fault("500-after-create"))
+    status, _, _ = await post_send(http, proxy.url, FORM, headers={"X-Sandbox-List-Lag": "5"})
+    assert status == 500
+    (sid,) = fake_twilio.messages
+    status, headers, _ = await post_send(http, proxy.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        await asyncio.sleep(1.0)
+        status, headers, body = await post_send(http, proxy.url, FORM)
+        if status == 201:
+            break
+        assert (status, headers["X-Sendguard-Decision"]) == (409, "outcome-unknown")
+        assert loop.time() < deadline, "never replayed after the list caught up"
+    assert (headers["X-Sendguard-Decision"], body["sid"]) == ("replayed", sid)
+    assert fake_twilio.creates == 1

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from proxy.sandbox import (
     FAULT_HEADER,
+    LIST_LAG_HEADER,
     SANDBOX_STATE,
     Fault,
     SandboxState,
@@ -555,3 +556,181 @@ async def test_cleanup_releases_a_hung_request_promptly() -> None:
         assert time.monotonic() - started < 2
         with pytest.raises((aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
             await pending
+
+
+# -- list lag: a new message missing from the list for a while (TWILIO-FACTS.md §2.5) ---------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def listed_sids(client: Client, **params: str) -> list[str]:
+    return [m["sid"] for m in (await get_json(client, MESSAGES, **params))["messages"]]
+
+
+async def test_list_lag_hides_a_new_message_from_the_list_but_not_from_fetch(
+    client: Client, state: SandboxState
+) -> None:
+    clock = FakeClock()
+    state.clock, state.list_lag_seconds = clock, 5.0
+    _, created = await send(client)
+    assert await listed_sids(client) == []
+    assert await listed_sids(client, To="+15558675310") == []
+    assert await get_json(client, created["uri"]) == created  # fetch by SID: at once
+    clock.now += 4.9
+    assert await listed_sids(client) == []
+    clock.now += 0.1
+    assert await listed_sids(client, To="+15558675310") == [created["sid"]]
+    assert state.creates == 1
+
+
+async def test_list_lag_per_create_header_and_the_list_is_newest_first(
+    client: Client, state: SandboxState
+) -> None:
+    clock = FakeClock()
+    state.clock, state.list_lag_seconds = clock, 60.0
+    _, at_once = await send(client, headers={LIST_LAG_HEADER: "0"})
+    _, lagging = await send(client, headers={LIST_LAG_HEADER: "2.5"})
+    _, default = await send(client)
+    assert await listed_sids(client) == [at_once["sid"]]
+    clock.now += 2.5
+    assert await listed_sids(client) == [lagging["sid"], at_once["sid"]]
+    clock.now += 60
+    page = await get_json(client, MESSAGES, To="+15558675310", PageSize="2")
+    assert [m["sid"] for m in page["messages"]] == [default["sid"], lagging["sid"]]
+    assert page["next_page_uri"] == f"{MESSAGES}?To=%2B15558675310&PageSize=2&Page=1&PageToken=PA{lagging['sid']}"  # fmt: skip
+    older = await get_json(client, page["next_page_uri"])
+    assert [m["sid"] for m in older["messages"]] == [at_once["sid"]]
+    assert older["next_page_uri"] is None
+    for message in page["messages"]:  # RFC 2822, whole seconds, as Twilio writes dates
+        assert re.fullmatch(
+            r"[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} \+0000",
+            message["date_created"],
+        )
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "inf", "86401"])
+async def test_a_bad_list_lag_header_is_a_400_that_creates_nothing(
+    client: Client, state: SandboxState, value: str
+) -> None:
+    state.push_fault(Fault("500-after-create"))
+    status, body = await send(client, headers={LIST_LAG_HEADER: value})
+    assert status == 400
+    assert_twilio_error(body, 20001, 400)
+    assert LIST_LAG_HEADER in body["message"]
+    assert state.creates == 0
+    status, _ = await send(client)
+    assert status == 500  # the queued fault was not used up by the refused create
+
+
+async def test_500_after_create_with_list_lag_is_found_by_fetch_then_by_list(
+    client: Client, state: SandboxState
+) -> None:
+    clock = FakeClock()
+    state.clock = clock
+    state.push_fault(Fault("500-after-create"))
+    status, _ = await send(client, headers={LIST_LAG_HEADER: "5"})
+    assert (status, state.creates) == (500, 1)
+    [sid] = state.messages
+    assert await listed_sids(client, To="+15558675310") == []
+    assert (await get_json(client, f"{BASE}/Messages/{sid}.json"))["sid"] == sid
+    clock.now += 5
+    assert await listed_sids(client, To="+15558675310") == [sid]
+
+
+async def test_a_deleted_lagging_message_is_gone_from_both(
+    client: Client, state: SandboxState
+) -> None:
+    clock = FakeClock()
+    state.clock, state.list_lag_seconds = clock, 5.0
+    _, created = await send(client)
+    async with client.delete(created["uri"]) as response:
+        assert response.status == 204
+    clock.now += 10
+    assert await listed_sids(client) == []
+    assert state.messages == {}
+
+
+async def test_list_lag_in_real_time(client: Client, state: SandboxState) -> None:
+    _, created = await send(client, headers={LIST_LAG_HEADER: "0.3"})
+    assert await listed_sids(client) == []
+    await asyncio.sleep(0.35)
+    assert await listed_sids(client) == [created["sid"]]
+
+
+# -- status callbacks: queued → sent → delivered ----------------------------------------------
+
+
+@pytest.fixture
+async def status_receiver(
+    aiohttp_server: Callable[..., Awaitable[Any]],
+) -> tuple[str, list[dict[str, str]]]:
+    got: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append({key: str(value) for key, value in (await request.post()).items()})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/status", handle)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/status")), got
+
+
+async def test_a_messaging_service_send_reports_queued_sent_delivered(
+    client: Client, state: SandboxState, status_receiver: tuple[str, list[dict[str, str]]]
+) -> None:
+    url, got = status_receiver
+    state.send_callbacks = True
+    service = "MG" + "ab" * 16
+    form = [("To", "+15558675310"), ("MessagingServiceSid", service), ("Body", "hi"),
+            ("StatusCallback", url)]  # fmt: skip
+    status, created = await send(client, form)
+    assert (status, created["status"]) == (201, "accepted")  # no callback for the first status
+    await state.wait_for_callbacks(3)
+    assert [g["MessageStatus"] for g in got] == ["queued", "sent", "delivered"]
+    assert all(g["MessagingServiceSid"] == service and "ErrorCode" not in g for g in got)
+    assert state.messages[created["sid"]]["status"] == "delivered"
+
+
+async def test_a_from_send_reports_sent_then_the_failure_code(
+    client: Client, state: SandboxState, status_receiver: tuple[str, list[dict[str, str]]]
+) -> None:
+    url, got = status_receiver
+    state.send_callbacks = True
+    state.push_fault(Fault("undelivered", code=30003))
+    status, created = await send(client, [*SEND, ("StatusCallback", url)])
+    assert (status, created["status"]) == (201, "queued")
+    await state.wait_for_callbacks(2)
+    assert [(g["MessageStatus"], g.get("ErrorCode")) for g in got] == [
+        ("sent", None),
+        ("undelivered", "30003"),
+    ]
+
+
+async def test_callbacks_follow_a_500_after_create(
+    client: Client, state: SandboxState, status_receiver: tuple[str, list[dict[str, str]]]
+) -> None:
+    """The client saw a 500, but the message exists and goes out: its callbacks say so."""
+    url, got = status_receiver
+    state.send_callbacks = True
+    state.push_fault(Fault("500-after-create"))
+    status, _ = await send(client, [*SEND, ("StatusCallback", url)])
+    assert status == 500
+    await state.wait_for_callbacks(2)
+    [sid] = state.messages
+    assert [(g["MessageStatus"], g["MessageSid"]) for g in got] == [
+        ("sent", sid),
+        ("delivered", sid),
+    ]
+
+
+def test_the_demo_state_sends_callbacks() -> None:
+    demo = SandboxState.for_demo()
+    assert demo.send_callbacks and demo.callback_interval > 0
+    assert demo.list_lag_seconds == 0

@@ -1,7 +1,7 @@
 """The admin listener (SPEC §5): its own port, next to the proxy, sharing the proxy's runtime.
 
     GET  /healthz /readyz /metrics                   open (probes and Prometheus)
-    GET  /v1/status                                  overview: store mode, switches, counters
+    GET  /v1/status                                  overview: store kind/mode, switches, counts
     GET  /v1/kill-switches                           list (configured and stored)
     POST /v1/kill-switches                           engage {scope, reason, author?, ttl?}
     DELETE /v1/kill-switches/{scope}                 release {author?, reason?}
@@ -11,9 +11,14 @@
     DELETE /v1/breakers?account=&to=                 reset it
     GET  /v1/records?message_sid=SM…                 a send's dedup record
     GET  /v1/records?account=AC…&key=…               … or by Idempotency-Key
+    GET  /v1/records?id=r….k…                         … or by its record id
+    GET  /v1/records?state=unknown[&limit=]          the UNKNOWN ledger (oldest first)
+    POST /v1/records/{id}/resolve                    {outcome: sent, message_sid, reason} |
+                                                     {outcome: not-sent, reason} (+ author?)
 
 Everything under /v1/ needs `Authorization: Bearer <SENDGUARD_ADMIN_TOKEN>` (constant-time
-compare); with no token configured, every /v1/ call is refused. Parameters come from the query
+compare); with no token configured, every /v1/ call is refused (a 401's `error.code` says
+which: admin-token-not-configured, -missing or -invalid). Parameters come from the query
 string or a JSON body; errors are `{"error": {"status", "message"}}` with a 4xx, never a trace.
 Every change is audit-logged with who (author), what and why (reason).
 """
@@ -29,10 +34,12 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.admin import views
-from proxy.admin.params import AdminInputError, Params
+from proxy.admin.console import add_console_routes
+from proxy.admin.params import AdminInputError, Params, message_sid, record_ref
+from proxy.guard.dedup import RecordState
 from proxy.guard.facts import normalise_recipient, recipient_tag
 from proxy.killswitch import KillSwitch, Scope
-from proxy.logs import get_logger, mask_phone
+from proxy.logs import get_logger, mask_phone, mask_phones_in
 from proxy.server.app import METRICS, RUNTIME, SETTINGS, Runtime
 from proxy.server.gate import StoreMode
 from proxy.settings import Settings
@@ -45,6 +52,11 @@ SHUTTING_DOWN: web.AppKey[Callable[[], bool]] = web.AppKey("shutting_down")
 
 SUPPRESSIONS_CLEARED = "suppressions_cleared"
 BREAKER_RESET = "breaker_reset"
+RECORD_RESOLVED = "record_resolved"  # an operator settled an UNKNOWN send (SPEC §3.1)
+
+LEDGER_DEFAULT_LIMIT = 100
+LEDGER_MAX_LIMIT = 500
+RESOLVE_OUTCOMES = {"sent": "resolved-sent", "not-sent": "resolved-not-sent"}
 
 
 def create_admin_app(
@@ -65,6 +77,8 @@ def create_admin_app(
     app.router.add_get("/v1/breakers", show_breaker)
     app.router.add_delete("/v1/breakers", reset_breaker)
     app.router.add_get("/v1/records", show_record)
+    app.router.add_post("/v1/records/{id}/resolve", resolve_record)
+    add_console_routes(app, proxy_app)  # /ui/ and /v1/decisions (proxy/admin/console.py)
     return app
 
 
@@ -105,10 +119,34 @@ async def _bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
             and hmac.compare_digest(credential.strip().encode(), expected)
         )
         if not ok:
-            response = _error(401, "a valid admin bearer token is required")
-            response.headers["WWW-Authenticate"] = 'Bearer realm="sendguard-admin"'
-            return response
+            return _unauthorized(configured=token is not None, presented=bool(presented.strip()))
     return await handler(request)
+
+
+# Which 401 it is, in the body's `error.code`, so that the CLI (or anyone with curl) can say
+# what to do: start the server with a token, send one, or send the right one.
+TOKEN_NOT_CONFIGURED = "admin-token-not-configured"  # noqa: S105 -- codes, not secrets
+TOKEN_MISSING = "admin-token-missing"  # noqa: S105
+TOKEN_INVALID = "admin-token-invalid"  # noqa: S105
+
+
+def _unauthorized(*, configured: bool, presented: bool) -> web.Response:
+    if not configured:
+        code = TOKEN_NOT_CONFIGURED
+        message = (
+            "this sendguard has no admin token, so every /v1/ call is refused; "
+            "start it with SENDGUARD_ADMIN_TOKEN=<a secret>"
+        )
+    elif not presented:
+        code = TOKEN_MISSING
+        message = "an admin bearer token is required: Authorization: Bearer <SENDGUARD_ADMIN_TOKEN>"
+    else:
+        code = TOKEN_INVALID
+        message = "the bearer token does not match this sendguard's SENDGUARD_ADMIN_TOKEN"
+    body = {"error": {"status": 401, "code": code, "message": message}}
+    response = web.json_response(body, status=401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="sendguard-admin"'
+    return response
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -129,6 +167,19 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def store_kind(settings: Settings) -> str:
+    """Which store guards sends when all is well: `embedded` (no redis_url: a private one,
+    single instance), `cluster`, `sentinel` (a redis+sentinel:// URL) or `standalone`.
+    `store_mode` says whether that store is in use now (`shared`) or which outage policy is."""
+    if settings.redis_url is None:
+        return "embedded"
+    if settings.redis_cluster:
+        return "cluster"
+    if settings.redis_url.split("://", 1)[0].lower().endswith("+sentinel"):
+        return "sentinel"
+    return "standalone"
+
+
 async def readyz(request: web.Request) -> web.Response:
     """Ready = takes traffic: started and not shutting down. A store outage leaves a sidecar
     ready (passthrough still flows and guarded sends get the outage policy's answer), unless
@@ -143,6 +194,7 @@ async def readyz(request: web.Request) -> web.Response:
     ready = started and not stopping and (store_up or not requires_store)
     body = {
         "ready": bool(ready),
+        "store_kind": store_kind(proxy_app[SETTINGS]),
         "store_mode": mode.value if mode else None,
         "store_up": store_up,
         "degraded": bool(mode and mode is not StoreMode.SHARED),
@@ -176,6 +228,7 @@ async def status(request: web.Request) -> web.Response:
                     requests[sample.labels["decision"]] = sample.value
     return web.json_response(
         {
+            "store_kind": store_kind(_runtime_settings(request)),
             "store_mode": runtime.failover.mode.value,
             "store_up": runtime.prober.health.reachable,
             "pending_outcome_writes": len(runtime.journal),
@@ -299,15 +352,101 @@ async def reset_breaker(request: web.Request) -> web.Response:
 async def show_record(request: web.Request) -> web.Response:
     runtime = _runtime(request)
     params = await Params.of(request)
+    if params.text("state") is not None:
+        return await _unknown_ledger(runtime, params)
     sid = params.text("message_sid")
-    if sid:
+    record_id = params.text("id")
+    ref: SendRef | None
+    if record_id:
+        ref = record_ref(record_id)
+    elif sid:
         if not (sid.startswith(("SM", "MM", "CA")) and len(sid) == 34 and sid.isalnum()):
             raise AdminInputError("message_sid must be a Message (SM…/MM…) or Call (CA…) SID")
         ref = await runtime.store.find_ref(message_sid=sid)
     else:
-        key = params.required("key", hint="give message_sid, or account and key")
+        key = params.required(
+            "key", hint="give message_sid, id, or account and key; or state=unknown"
+        )
         ref = await runtime.store.find_ref(key_lookup_id=key_lookup_id(params.account(), key))
     record = await runtime.store.get(ref) if isinstance(ref, SendRef) else None
-    if record is None:
+    if ref is None or record is None:
         return _error(404, "no record (never sent through sendguard, or expired)")
-    return web.json_response({"record": views.record_view(record)})
+    return web.json_response({"record": views.record_view(record, ref)})
+
+
+async def _unknown_ledger(runtime: Runtime, params: Params) -> web.Response:
+    """The UNKNOWN sends an operator may have to settle (SPEC §3.1), oldest first."""
+    if params.text("state") != RecordState.UNKNOWN.value:
+        raise AdminInputError("'state' lists UNKNOWN sends only: state=unknown")
+    for other in ("message_sid", "key", "id"):
+        if params.text(other) is not None:
+            raise AdminInputError(f"give state=unknown or {other!r}, not both")
+    limit = _limit(params)
+    entries = await runtime.store.unknown_ledger(limit=limit + 1)
+    return web.json_response(
+        {
+            "records": [views.ledger_entry_view(ref, record) for ref, record in entries[:limit]],
+            "truncated": len(entries) > limit,
+        }
+    )
+
+
+def _limit(params: Params) -> int:
+    raw = params.text("limit")
+    if raw is None:
+        return LEDGER_DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= LEDGER_MAX_LIMIT:
+        raise AdminInputError(f"'limit' must be a whole number from 1 to {LEDGER_MAX_LIMIT}")
+    return int(raw)
+
+
+async def resolve_record(request: web.Request) -> web.Response:
+    """An operator's word on an UNKNOWN send: `sent` (with the Message SID Twilio shows) makes
+    the next retry fetch that message and replay it; `not-sent` releases the record, so the
+    next retry sends. Audit-logged and counted."""
+    runtime = _runtime(request)
+    ref = record_ref(request.match_info["id"])
+    params = await Params.of(request)
+    outcome = params.required("outcome", hint="sent or not-sent")
+    if outcome not in RESOLVE_OUTCOMES:
+        raise AdminInputError("'outcome' must be sent or not-sent")
+    # Free text may hold a customer's number: it reaches the log and the store masked.
+    reason = mask_phones_in(params.required("reason", hint="what you checked, a ticket"))
+    author = mask_phones_in(params.text("author") or "admin-api")
+    raw_sid = params.text("message_sid")
+    if outcome == "sent":
+        if raw_sid is None:
+            raise AdminInputError("'message_sid' is required with outcome sent (SM…)")
+        sid: str | None = message_sid(raw_sid)
+    elif raw_sid is not None:
+        raise AdminInputError("'message_sid' goes with outcome sent only")
+    else:
+        sid = None
+    record = await runtime.store.get(ref)
+    if record is None or record.state is not RecordState.UNKNOWN:
+        return _error(404, "no UNKNOWN record with this id (resolved already, or expired)")
+    meta = record.meta or {}
+    if sid is not None and meta.get("route") == "calls":
+        raise AdminInputError("a call has no Message SID: resolve it not-sent, or leave it")
+    if sid is not None:
+        settled = await runtime.store.note_sid(ref, sid, reason)
+    else:
+        settled = await runtime.store.release_unknown(ref)
+    if not settled:  # settled between the read and the write (a retry, a callback)
+        return _error(404, "no UNKNOWN record with this id (resolved already, or expired)")
+    label = RESOLVE_OUTCOMES[outcome]
+    request.app[PROXY_APP][METRICS].reconciliations.labels(label).inc()
+    entry = views.ledger_entry_view(ref, record)
+    log.warning(RECORD_RESOLVED, outcome=label, record_id=entry["id"], account=entry["account"],
+                route=entry["route"], to=entry["to"], claimed_at=entry["claimed_at"],
+                unknown_reason=entry["reason"], message_sid=sid,
+                previous_sid=record.resolved_sid or None, author=author,
+                reason=reason)  # fmt: skip
+    next_retry = (
+        f"the next retry fetches {sid} from Twilio and replays it"
+        if sid is not None
+        else "released: the next retry sends"
+    )
+    return web.json_response(
+        {"record": {**entry, "resolved_sid": sid}, "outcome": outcome, "next_retry": next_retry}
+    )

@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from proxy.durations import parse_duration
+from proxy.store.send_store import SendRef
 
 _ACCOUNT_RE = re.compile(r"AC[0-9a-fA-F]{32}", re.ASCII)
+# A record id, `<recipient tag>.<dedup id>` (proxy/guard/facts.py: `recipient_tag`, and "k"
+# (by key) or "f" (by fingerprint) + 40 hex digits): nothing else reaches a store key.
+_RECORD_ID_RE = re.compile(r"(r[0-9a-f]{24})\.([kf][0-9a-f]{40})", re.ASCII)
+_MESSAGE_SID_RE = re.compile(r"(?:SM|MM)[0-9a-f]{32}", re.ASCII)
 _MAX_TEXT = 500
 
 
@@ -72,3 +77,21 @@ class Params:
         if seconds <= 0:
             raise AdminInputError(f"{name!r} must be positive")
         return seconds
+
+
+def record_ref(raw: str) -> SendRef:
+    """A record id from the ledger or a record lookup, checked before it names a store key."""
+    found = _RECORD_ID_RE.fullmatch(raw.strip())
+    if found is None:
+        raise AdminInputError(
+            "not a record id: use an `id` from `GET /v1/records?state=unknown` or a record lookup"
+        )
+    return SendRef(found.group(1), found.group(2))
+
+
+def message_sid(raw: str) -> str:
+    """A Message SID as Twilio writes them: SM (or MM) and 32 lowercase hex digits."""
+    value = raw.strip()
+    if not _MESSAGE_SID_RE.fullmatch(value):
+        raise AdminInputError("'message_sid' must be a Message SID: SM + 32 hex digits")
+    return value

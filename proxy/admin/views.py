@@ -13,7 +13,7 @@ from proxy.guard.dedup import DedupRecord
 from proxy.guard.protection import ProtectionPolicy
 from proxy.killswitch import KillSwitch
 from proxy.logs import mask_phone, mask_phones_in
-from proxy.store.send_store import RecipientSnapshot
+from proxy.store.send_store import RecipientSnapshot, SendRef
 
 _SCOPE_NAMES = {"msg": "message", "from": "sender", "to": "recipient"}
 
@@ -81,19 +81,50 @@ def breaker_view(
     }
 
 
-def record_view(record: DedupRecord) -> dict[str, Any]:
+def record_id(ref: SendRef) -> str:
+    """The opaque handle of a record in the admin API (`params.record_ref` reads it back)."""
+    return f"{ref.tag}.{ref.dedup_id}"
+
+
+def _masked_meta(record: DedupRecord) -> dict[str, Any]:
     meta = dict(record.meta or {})
     if meta.get("to"):
         meta["to"] = mask_phone(str(meta["to"]))
     if meta.get("from"):
         meta["from"] = _sender_view(str(meta["from"]))
+    return meta
+
+
+def record_view(record: DedupRecord, ref: SendRef | None = None) -> dict[str, Any]:
+    meta = _masked_meta(record)
     response = record.response
     return {
+        "id": record_id(ref) if ref is not None else None,
         "state": record.state.value,
         "claimed_at": iso_ms(record.claimed_at_ms),
         "lease_until": iso_ms(record.lease_until_ms),
         "message_sid": record.message_sid or None,
         "upstream_status": response.status if response is not None else None,
         "unknown_reason": record.unknown_reason or None,
+        "resolved_sid": record.resolved_sid or None,
+        "reconciliations": record.reconciliations,
         "send": meta,  # account, route, masked to/from, body hash: what reconciliation needs
+    }
+
+
+def ledger_entry_view(ref: SendRef, record: DedupRecord) -> dict[str, Any]:
+    """One UNKNOWN send of the operator's ledger: enough to find it in Twilio's console."""
+    meta = _masked_meta(record)
+    return {
+        "id": record_id(ref),
+        "account": meta.get("account") or None,
+        "to": meta.get("to") or None,
+        "from": meta.get("from") or None,
+        "route": meta.get("route") or None,
+        "dedup_by": "key" if ref.dedup_id.startswith("k") else "fingerprint",
+        "claimed_at": iso_ms(record.claimed_at_ms),
+        "reason": record.unknown_reason or None,
+        "reconciliations": record.reconciliations,
+        # A SID noted by a status callback or an operator, not fetched from Twilio yet.
+        "resolved_sid": record.resolved_sid or None,
     }

@@ -4,6 +4,11 @@ The signature (TWILIO-FACTS.md §4.2) is HMAC-SHA1 over the URL followed by ever
 and value, sorted, keyed with the account's auth token. The sandbox cannot know an account's
 token, so it signs with the Basic-auth password of the create request: a client that sends
 with its real token gets callbacks its own validator accepts.
+
+Statuses move as on Twilio: queued → sent → delivered (or undelivered with an `ErrorCode`, for
+the `undelivered` fault). No callback is sent for the initial status (TWILIO-FACTS.md §2.3):
+a send with a From starts `queued`, so its callbacks are `sent`, `delivered`; a Messaging
+Service send starts `accepted`, so its callbacks are `queued`, `sent`, `delivered`.
 """
 
 from __future__ import annotations
@@ -49,10 +54,13 @@ class CallbackPlan:
     from_: str | None
     messaging_service_sid: str | None
     error_code: int | None  # None: the message is delivered
+    initial_status: str = "queued"  # the create's status: no callback is sent for it
 
     @property
-    def statuses(self) -> tuple[str, str]:
-        return ("sent", "delivered" if self.error_code is None else "undelivered")
+    def statuses(self) -> tuple[str, ...]:
+        final = "delivered" if self.error_code is None else "undelivered"
+        queued = ("queued",) if self.initial_status in ("accepted", "scheduled") else ()
+        return (*queued, "sent", final)
 
 
 def callback_params(plan: CallbackPlan, status: str, now: datetime) -> list[tuple[str, str]]:

@@ -4,6 +4,10 @@ A fault is taken per create request (Messages.json or Calls.json POST), from the
 `X-Sandbox-Fault` when present (demos) or else from the state's queue (tests). Only `429`
 refuses before anything is created; every other kind creates the resource first, which is the
 whole point: the client cannot tell from the answer whether the send happened.
+
+`X-Sandbox-List-Lag: <seconds>` on a Messages create hides that message from the list for that
+long (SandboxState.list_lag_seconds is the default for every create); it combines with any fault,
+so `500-after-create` plus a list lag is the send that reconciliation cannot find at first.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 FAULT_HEADER = "X-Sandbox-Fault"
+LIST_LAG_HEADER = "X-Sandbox-List-Lag"
+MAX_LIST_LAG_SECONDS = 86400.0
 
 DELAY = "delay"
 SERVER_ERROR_AFTER_CREATE = "500-after-create"
@@ -62,6 +68,14 @@ def parse_fault(value: str) -> Fault:
     if kind == UNDELIVERED:
         return Fault(kind, code=int(argument) if argument else 0)
     return Fault(kind, seconds=float(argument) if argument else 0)
+
+
+def parse_list_lag(value: str) -> float:
+    """Seconds, e.g. `5` or `0.5` (0 = listed at once); raises ValueError."""
+    seconds = float(value.strip())
+    if not 0 <= seconds <= MAX_LIST_LAG_SECONDS:  # also refuses nan
+        raise ValueError(f"list lag must be 0 to {MAX_LIST_LAG_SECONDS:g} seconds")
+    return seconds
 
 
 async def hold(request: web.Request, seconds: float, stopping: asyncio.Event) -> None:

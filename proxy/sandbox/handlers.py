@@ -17,6 +17,7 @@ from proxy.sandbox.faults import (
     DELAY,
     FAULT_HEADER,
     HANG,
+    LIST_LAG_HEADER,
     RATE_LIMITED,
     RESET,
     SERVER_ERROR_AFTER_CREATE,
@@ -24,6 +25,7 @@ from proxy.sandbox.faults import (
     Fault,
     hold,
     parse_fault,
+    parse_list_lag,
     reset_connection,
 )
 from proxy.sandbox.keys import (
@@ -38,6 +40,7 @@ from proxy.sandbox.messages import (
     Form,
     build_message,
     first,
+    initial_status,
     mark_undelivered,
     update_message,
     validate_message_create,
@@ -53,13 +56,14 @@ NO_ANSWER_STATUS = 444
 
 async def create_message(request: web.Request) -> web.StreamResponse:
     state = request.app[SANDBOX_STATE]
+    list_lag = _list_lag(request)  # before the fault: a bad header must not use one up
     fault = _take_fault(request)
     form = request[REQUEST_FORM]
     validate_message_create(form)
     now = utc_now()
     message = build_message(request.match_info["account_sid"], form, now)
     answer = json_response(message, status=201)  # serialised now: later changes don't leak in
-    state.record_message(message)
+    state.record_message(message, list_lag=list_lag)
     if fault is not None and fault.kind == UNDELIVERED:
         mark_undelivered(message, fault.delivery_error_code, now)
     plan = _callback_plan(request, form, message)
@@ -69,7 +73,7 @@ async def create_message(request: web.Request) -> web.StreamResponse:
 async def list_messages(request: web.Request) -> web.Response:
     state = request.app[SANDBOX_STATE]
     page = list_messages_page(
-        state.messages.values(), request.match_info["account_sid"], request.query
+        state.listed_messages(), request.match_info["account_sid"], request.query
     )
     return json_response(page)
 
@@ -85,9 +89,9 @@ async def update_message_handler(request: web.Request) -> web.Response:
 
 
 async def delete_message(request: web.Request) -> web.Response:
-    messages = request.app[SANDBOX_STATE].messages
-    message = _owned(request, messages)
-    del messages[message["sid"]]
+    state = request.app[SANDBOX_STATE]
+    message = _owned(request, state.messages)
+    state.forget_message(message["sid"])
     return web.Response(status=204)
 
 
@@ -126,6 +130,17 @@ def _take_fault(request: web.Request) -> Fault | None:
     if fault is not None and fault.kind == RATE_LIMITED:
         raise _too_many_requests(fault)
     return fault
+
+
+def _list_lag(request: web.Request) -> float | None:
+    """This create's own list lag (the header), else None: the state's default applies."""
+    header = request.headers.get(LIST_LAG_HEADER)
+    if not header:
+        return None
+    try:
+        return parse_list_lag(header)
+    except ValueError as error:
+        raise SandboxError(20001, f"Invalid {LIST_LAG_HEADER}: {error}") from None
 
 
 def _too_many_requests(fault: Fault) -> SandboxError:
@@ -172,6 +187,7 @@ def _callback_plan(
         from_=message["from"],
         messaging_service_sid=message["messaging_service_sid"],
         error_code=message["error_code"],
+        initial_status=initial_status(form),
     )
 
 

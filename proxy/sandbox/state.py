@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,11 +56,17 @@ class SandboxState:
     """Shared between the sandbox app and the test that drives it.
 
     `creates` counts resources actually created (Messages + Calls): the "at most once" truth.
+
+    `list_lag_seconds` hides each new message from `GET …/Messages.json` for that long (fetch
+    by SID finds it at once), as Twilio's list can lag by minutes (TWILIO-FACTS.md §2.5); one
+    create may set its own lag with the `X-Sandbox-List-Lag` header.
     """
 
     send_callbacks: bool = False
     callback_interval: float = 0.0  # pause before each status callback, seconds
     callback_retries: int = 0  # extra tries of a callback the receiver did not take (5xx/error)
+    list_lag_seconds: float = 0.0  # a new message is missing from the list for this long
+    clock: Callable[[], float] = time.monotonic  # what list lag is measured with (tests)
     creates: int = 0
     received: list[ReceivedRequest] = field(default_factory=list)
     messages: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -67,9 +74,15 @@ class SandboxState:
     callbacks_sent: list[CallbackAttempt] = field(default_factory=list)
     in_flight: int = 0
     _faults: deque[Fault] = field(default_factory=deque, init=False, repr=False)
+    _listed_from: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = field(
         default_factory=list, init=False, repr=False
     )
+
+    @classmethod
+    def for_demo(cls) -> SandboxState:
+        """`--upstream sandbox`: status callbacks on, a second apart, as a trial expects."""
+        return cls(send_callbacks=True, callback_interval=1.0, callback_retries=1)
 
     # -- faults -------------------------------------------------------------------------------
 
@@ -89,9 +102,24 @@ class SandboxState:
         self.received.append(received)
         self._notify()
 
-    def record_message(self, message: dict[str, Any]) -> None:
+    def record_message(self, message: dict[str, Any], list_lag: float | None = None) -> None:
+        """Count a created message; the list shows it after `list_lag` seconds (default:
+        `list_lag_seconds`)."""
+        lag = self.list_lag_seconds if list_lag is None else list_lag
+        if lag > 0:
+            self._listed_from[message["sid"]] = self.clock() + lag
         self.messages[message["sid"]] = message
         self._count_create()
+
+    def listed_messages(self) -> list[dict[str, Any]]:
+        """The messages `GET …/Messages.json` can see now, oldest first (list lag applied)."""
+        now = self.clock()
+        hidden = self._listed_from
+        return [m for sid, m in self.messages.items() if hidden.get(sid, 0.0) <= now]
+
+    def forget_message(self, sid: str) -> None:
+        self.messages.pop(sid, None)
+        self._listed_from.pop(sid, None)
 
     def record_call(self, call: dict[str, Any]) -> None:
         self.calls[call["sid"]] = call

@@ -20,9 +20,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from proxy.config_values import SENTINEL_SCHEMES, parse_sentinel_url
 from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, TeeDisabled
 from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, ProtectionPolicy
@@ -38,6 +40,7 @@ from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
 from proxy.server.prober import StoreHealth, StoreProber
+from proxy.server.recent import RECENT, RecentDecisions
 from proxy.server.reconcile import ReconcilePolicy, Reconciler
 from proxy.server.settlement import SettlementJournal
 from proxy.server.target import target_of
@@ -163,8 +166,10 @@ async def _sandbox_upstream(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     from proxy.sandbox import start_sandbox
+    from proxy.sandbox.state import SandboxState
 
-    runner, url, _state = await start_sandbox()
+    # Demo state: status callbacks on, so the tee and reconciliation can be tried offline.
+    runner, url, _state = await start_sandbox(state=SandboxState.for_demo())
     app[UPSTREAM_URL] = url
     log.info("sandbox_upstream_started", url=url)
     yield
@@ -360,12 +365,39 @@ def store_client(
             socket_timeout=timeout,
             max_connections=CLUSTER_NODE_CONNECTIONS,
         )
+    if url.lower().startswith(SENTINEL_SCHEMES):
+        return _sentinel_client(url, connect=connect, timeout=timeout)
     # One immediate retry on a dropped connection: after a Redis restart every pooled connection
     # is dead once. Every script is safe to run twice (tests/test_scripts.py): a claim that did
     # run finds its own record and is answered in-flight, never sent twice.
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     client = Redis.from_url(
         url, socket_connect_timeout=connect, socket_timeout=timeout, retry=retry
+    )
+    use_hiredis_packing(client.connection_pool)
+    return client
+
+
+def _sentinel_client(url: str, *, connect: float, timeout: float | None) -> Redis:
+    """The master the sentinels name, re-asked on every new connection: after a failover the
+    pool reconnects to the promoted replica (and a pub/sub subscription with it)."""
+    target = parse_sentinel_url(url)
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        socket_connect_timeout=connect,
+        socket_timeout=timeout,
+        sentinel_kwargs={"socket_connect_timeout": connect, "socket_timeout": connect},
+    )
+    client: Redis = sentinel.master_for(
+        target.master,
+        db=target.db,
+        username=target.username,
+        password=target.password,
+        ssl=target.tls,
+        socket_connect_timeout=connect,
+        socket_timeout=timeout,
+        retry=retry,
     )
     use_hiredis_packing(client.connection_pool)
     return client
@@ -405,6 +437,7 @@ def guard_policy(settings: Settings) -> GuardPolicy:
             windows=tuple(LimitWindow(c, w) for c, w in settings.account_limit_windows),
             mode=GuardMode(settings.account_limits_mode),
         ),
+        min_replicas=settings.store_min_replicas,
     )
 
 
@@ -427,6 +460,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     metrics = app[METRICS] = Metrics()
     app[REQUEST_COUNTER] = lambda decision: metrics.requests.labels(decision.value).inc()
+    app[RECENT] = RecentDecisions()  # the operator console's recent decisions (admin /v1/)
     app.cleanup_ctx.append(_sandbox_upstream)
     app.cleanup_ctx.append(_store)
     app.cleanup_ctx.append(_guard)

@@ -107,6 +107,8 @@ class GuardPolicy:
     account_ceiling: AccountCeiling
     poll_first: float = 0.02
     poll_max: float = 0.25
+    min_replicas: int = 0  # store_min_replicas: replicas that must hold a claim before sending
+    replica_wait_ms: int = 500
 
     def ttl_ms(self, facts: SendFacts) -> int:
         if facts.by_key:
@@ -143,6 +145,8 @@ class GuardPolicy:
                 if facts.idempotency_key is not None
                 else ""
             ),
+            min_replicas=self.min_replicas,
+            replica_wait_ms=self.replica_wait_ms,
         )
 
 
@@ -219,6 +223,12 @@ class SendGuard:
                 self._dedup_hit(Decision.KEY_MISMATCH, facts)
                 raise KeyMismatch(reason="key-reused-with-other-payload")
             if claim.claimed:
+                if claim.replicas is not None and claim.replicas < self.policy.min_replicas:
+                    # A failover now could lose the claim and let a retry send again: nothing
+                    # leaves until enough replicas hold it (SPEC §3.4, store_min_replicas).
+                    await self._release(ctx, facts, ref, token)
+                    self.metrics.store_errors.labels("replicas").inc()
+                    raise StoreUnavailable(reason="claim-not-replicated")
                 await self._apply_protection(ctx, facts, ref, token, claim)
                 admitted: tuple[tuple[int, int], ...] = ()
                 if self.policy.account_ceiling.active:
@@ -498,7 +508,8 @@ class SendGuard:
         self, ctx: RequestContext, method: str, url: str, headers: CIMultiDict[str], body: bytes
     ) -> UpstreamResult:
         """Twilio's 429 means "never processed": retry it here, with exponential backoff and
-        jitter, honouring Retry-After, while the budget lasts; then the 429 goes back.
+        jitter on top of it, never sooner than Retry-After, while the budget lasts; then the
+        429 goes back.
 
         The whole of it runs under one total deadline (`UpstreamClient.deadline`: the budget
         plus one full attempt, the base of the claim's lease), so an upstream that trickles its
@@ -516,9 +527,13 @@ class SendGuard:
                     result = await self.client.send(method, url, headers, body)
                     if result.status != 429:
                         return result
-                    wait = max(_retry_after(result), backoff) * random.uniform(0.8, 1.2)
-                    if loop.time() + wait > retry_until:
+                    # Retry-After is a floor (SPEC §3.2): the jitter only ever adds to it,
+                    # up to 20 %, and is cut where the budget ends; a floor past it gives up.
+                    floor = max(_retry_after(result), backoff)
+                    left = retry_until - loop.time()
+                    if floor > left:
                         return result
+                    wait = min(floor + random.uniform(0, 0.2 * floor), left)
                     attempt += 1
                     ctx.fields["upstream_429_retries"] = attempt
                     self.metrics.upstream_429_retries.inc()
@@ -638,8 +653,19 @@ class SendGuard:
             released = await self.store.release(
                 ref, token=token, trip_ms=trip_ms, breaker_ttl_ms=breaker_ttl_ms
             )
-            if not released:
-                log.warning(CLAIM_LOST, request_id=request_id, step="release")
+            if released:
+                return
+            # "Not ours / not there" can be a misrouted answer while a cluster slot migrates
+            # (the claim ran on the importing node): trust it only if a read agrees, or the
+            # claim would block the message although nothing was sent.
+            record = await self.store.get(ref)
+            if (
+                record is not None
+                and record.token == token
+                and record.state is RecordState.IN_FLIGHT
+            ):
+                raise StoreError("release not applied: the claim is still held")
+            log.warning(CLAIM_LOST, request_id=request_id, step="release")
 
         pending = PendingOutcome(ref, StoreAction.RELEASE, facts.payload_hash, write, self.store)
         error = await self.journal.settle(pending)

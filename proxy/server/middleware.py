@@ -15,6 +15,7 @@ from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRe
 from proxy.logs import REQUEST_FINISHED, get_logger, mask_phones_in
 from proxy.server.context import CONTEXT, RequestContext, request_id_from
 from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
+from proxy.server.recent import RECENT
 from proxy.server.target import TARGET, canonical_target
 from proxy.tee.urls import CALLBACK_PATH_PREFIX
 
@@ -74,6 +75,12 @@ async def proxy_middleware(request: web.Request, handler: Handler) -> web.Stream
     count = request.app.get(REQUEST_COUNTER)
     if count is not None:
         count(ctx.decision)
+    recent = request.app.get(RECENT)
+    if recent is not None:  # the operator console's ring buffer (proxy/server/recent.py)
+        recent.note(
+            ctx.request_id, ctx.decision.value, ctx.reason, response.status, request.method,
+            ctx.fields,
+        )  # fmt: skip
     _log_finished(request, ctx, response.status)
     return response
 

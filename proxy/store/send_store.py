@@ -80,6 +80,8 @@ class ClaimRequest:
     scopes: tuple[str, ...]  # suppression fields that apply to this send
     key_index: bool  # keyed send: check/claim the key's index too
     key_lookup_id: str = ""  # keyed send: where the admin API finds it by account + key
+    min_replicas: int = 0  # WAIT for this many replicas to hold the claim (0 = don't)
+    replica_wait_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class ClaimResult:
     record: DedupRecord | None
     recipient: RecipientState | None  # only when claimed
     key_owner: str | None  # keyed sends: "<tag> <payload hash>" the key was first used for
+    replicas: int | None = None  # replicas that acknowledged the claim (when WAIT was asked)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,17 @@ class RecipientSnapshot:
     suppressions: dict[str, Suppression]  # scope field -> what was learned (may have expired)
     breaker: dict[str, str]  # open_until, trips, probe… as stored
     send_times_ms: tuple[int, ...]  # sends in the longest window, by store time
+
+
+def _as_eval(step: Step) -> Step:
+    if not isinstance(step, tuple):
+        return step
+    script, script_keys, script_args = step
+
+    def evaluate(pipe: Any) -> Any:
+        return pipe.eval(script.script, len(script_keys), *script_keys, *script_args)
+
+    return evaluate
 
 
 def _now_ms() -> int:
@@ -161,6 +175,7 @@ class SendStore:
             "\n".join(request.scopes),
         ]
         key_owner: str | None = None
+        replicas: int | None = None
         async with self._call():
             if request.key_index:
                 index_key = keys.key_index(ref.dedup_id)
@@ -179,7 +194,8 @@ class SendStore:
                 else:
                     # Re-running the SETs after a NOSCRIPT is harmless: the index then holds
                     # our own value, which is what the first run wrote.
-                    owner, reply, _ = await self._pipelined(
+                    (owner, reply, _), replicas = await self._claim_pipelined(
+                        request,
                         lambda pipe: pipe.set(
                             index_key, index_value, nx=True, get=True, px=request.ttl_ms
                         ),
@@ -190,14 +206,32 @@ class SendStore:
             elif self._batch is None:
                 reply = await self._claim(keys=claim_keys, args=args)
             else:
-                (reply,) = await self._pipelined((self._claim, claim_keys, args))
+                (reply,), replicas = await self._claim_pipelined(
+                    request, (self._claim, claim_keys, args)
+                )
         reply = cast(list[bytes], reply)
         now_ms = int(reply[1])
         if reply[0] == b"claimed":
             state = RecipientState.from_script(json.loads(reply[2]), request.token)
-            return ClaimResult(True, now_ms, None, state, key_owner)
+            return ClaimResult(True, now_ms, None, state, key_owner, replicas)
         fields = {reply[i].decode(): reply[i + 1] for i in range(2, len(reply), 2)}
         return ClaimResult(False, now_ms, DedupRecord.from_hash(fields), None, key_owner)
+
+    async def _claim_pipelined(
+        self, request: ClaimRequest, *steps: Step
+    ) -> tuple[list[Any], int | None]:
+        """The claim's steps, then (store_min_replicas) `WAIT` on the same connection, in the
+        same pipeline: it counts the replicas holding every write before it, the claim's
+        included. With WAIT the script goes as EVAL, not EVALSHA: a NOSCRIPT re-run would
+        happen on another connection, where WAIT could not vouch for it."""
+        if not request.min_replicas:
+            return await self._pipelined(*steps), None
+
+        def wait(pipe: Any) -> Any:
+            return pipe.wait(request.min_replicas, request.replica_wait_ms)
+
+        *results, acknowledged = await self._pipelined(*map(_as_eval, steps), wait)
+        return results, int(acknowledged)
 
     async def _pipelined(self, *steps: Step) -> list[Any]:
         """One round trip for a script and plain commands (standalone Redis only), batched
@@ -321,8 +355,12 @@ class SendStore:
             return done
 
     async def note_sid(self, ref: SendRef, message_sid: str, reason: str) -> bool:
+        """Evidence arrived: the next retry may fetch it at once (the lookup gate opens)."""
         async with self._call():
-            return bool(await self._note_sid(keys=[ref.record], args=[message_sid, reason]))
+            noted = bool(await self._note_sid(keys=[ref.record], args=[message_sid, reason]))
+            if noted:
+                await self.redis.delete(keys.reconcile_gate(ref.tag, ref.dedup_id))
+            return noted
 
     async def release_unknown(self, ref: SendRef) -> bool:
         release_keys = [ref.record, keys.recipient_sends(ref.tag)]

@@ -85,6 +85,55 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the embedded store persists to a volume: standalone, redis.mode embedded,
+persistence.enabled (empty otherwise). */}}
+{{- define "sendguard.persistent" -}}
+{{- $v := .Values }}
+{{- if and (eq $v.mode "standalone") (eq $v.redis.mode "embedded") $v.persistence.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "sendguard.pvcName" -}}
+{{- default (printf "%s-data" (include "sendguard.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{- define "sendguard.redis.pvcName" -}}
+{{- default (printf "%s-data" (include "sendguard.redis.fullname" .)) .Values.redis.bundled.persistence.existingClaim }}
+{{- end }}
+
+{{/* A PersistentVolumeClaim's spec from a persistence value block. */}}
+{{- define "sendguard.pvcSpec" -}}
+accessModes:
+  {{- toYaml .accessModes | nindent 2 }}
+{{- if eq .storageClass "-" }}
+storageClassName: ""
+{{- else if .storageClass }}
+storageClassName: {{ .storageClass | quote }}
+{{- end }}
+resources:
+  requests:
+    storage: {{ .size | quote }}
+{{- end }}
+
+{{/* The Redis ports sendguard's egress policy opens: networkPolicy.egress.redisPorts, else the
+bundled Redis' port, else every port named in redis.url (6379 when none is). One per line. */}}
+{{- define "sendguard.redis.egressPorts" -}}
+{{- $v := .Values }}
+{{- $ports := list }}
+{{- if $v.networkPolicy.egress.redisPorts }}
+{{- range $v.networkPolicy.egress.redisPorts }}{{ $ports = append $ports (int .) }}{{ end }}
+{{- else if eq $v.redis.mode "bundled" }}
+{{- $ports = list (int $v.redis.bundled.port) }}
+{{- else if eq $v.redis.mode "external" }}
+{{- range regexFindAll "[@/,][A-Za-z0-9._\\[\\]-]+:[0-9]+" $v.redis.url -1 }}
+{{- $ports = append $ports (regexFind "[0-9]+$" . | int) }}
+{{- end }}
+{{- if not $ports }}{{ $ports = list 6379 }}{{ end }}
+{{- end }}
+{{- range ($ports | uniq) }}
+{{ . }}
+{{- end }}
+{{- end }}
+
 {{/* Seconds the pod needs to stop cleanly: preStop sleep + shutdown grace + 10 s margin. */}}
 {{- define "sendguard.terminationGracePeriodSeconds" -}}
 {{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
@@ -126,6 +175,9 @@ SENDGUARD_REDIS_URL: {{ printf "redis://%s:%v/0" (include "sendguard.redis.fulln
 {{- end }}
 {{- if $v.redis.cluster }}
 SENDGUARD_REDIS_CLUSTER: "true"
+{{- end }}
+{{- if and (include "sendguard.persistent" .) (not $v.config.data_dir) }}
+SENDGUARD_DATA_DIR: {{ $v.persistence.mountPath | quote }}
 {{- end }}
 {{- range $key, $value := $v.config }}
 {{- if not (kindIs "invalid" $value) }}
@@ -261,6 +313,10 @@ checksum/sendguard-secret: {{ include "sendguard.secretData" . | sha256sum }}
   volumeMounts:
     - name: sendguard-tmp
       mountPath: /tmp
+    {{- if include "sendguard.persistent" . }}
+    - name: sendguard-data
+      mountPath: {{ $v.persistence.mountPath }}
+    {{- end }}
 {{- end }}
 
 {{/* The volumes the container mounts (list items). */}}
@@ -270,6 +326,11 @@ checksum/sendguard-secret: {{ include "sendguard.secretData" . | sha256sum }}
     {{- with .Values.tmpVolume.sizeLimit }}
     sizeLimit: {{ . }}
     {{- end }}
+{{- if include "sendguard.persistent" . }}
+- name: sendguard-data
+  persistentVolumeClaim:
+    claimName: {{ include "sendguard.pvcName" . }}
+{{- end }}
 {{- end }}
 
 {{/*
