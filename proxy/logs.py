@@ -60,8 +60,14 @@ def mask_phone(value: str) -> str:
 # `+` for a form-encoded space), at most 3 in a row. Standalone only: digits inside a SID
 # (AC0123456789abcdef...) or a hex id are not a number.
 _SEPARATOR = r"(?:[ \-.()\u00a0]|%20|%28|%29|%2[dD]|\+)"
+# A timestamp (`2026-12-01T10:38:25.423+00:00`) is matched first and kept as it is: its digits
+# with `.`, `+` and `-` between them would otherwise read as a number.
+_ISO_DATETIME = (
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?(?!\d)"
+)
 PHONE_IN_TEXT_RE = re.compile(
-    rf"(?<![A-Za-z0-9])(?:\+|%2[bB])?\(?\d(?:{_SEPARATOR}{{0,3}}\d){{6,}}(?![A-Za-z0-9])"
+    rf"(?P<iso>{_ISO_DATETIME})"
+    rf"|(?<![A-Za-z0-9])(?:\+|%2[bB])?\(?\d(?:{_SEPARATOR}{{0,3}}\d){{6,}}(?![A-Za-z0-9])"
 )
 # Digit runs of that shape that are not phone numbers, left alone.
 _NOT_A_PHONE = re.compile(
@@ -75,7 +81,7 @@ _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 def _mask_match(match: re.Match[str]) -> str:
     text = match.group()
-    if _NOT_A_PHONE.fullmatch(text):
+    if match.group("iso") or _NOT_A_PHONE.fullmatch(text):
         return text
     digits = "".join(_DIGIT.findall(_PERCENT_ESCAPE.sub("", text)))
     plus = "+" if text.startswith(("+", "%2B", "%2b")) else ""

@@ -188,6 +188,7 @@ async def test_logs_never_carry_secrets_numbers_or_bodies():
         "+1+555+867+5310",  # form-encoded spaces
         "%2B1%20%28555%29%20867-5310",
         "whatsapp:+1 (555) 867-5310",
+        "2026-12-01T10:38+15558675310",  # a number hiding behind a timestamp
         "+44 20 7946 0958",
         "+15558675310",
     ],
@@ -207,6 +208,8 @@ def test_numbers_are_masked_in_any_spelling(text):
         "/2010-04-01/Accounts/AC0123456789abcdef0123456789abcdef/Messages.json",
         "10.20.30.40",
         "2026-12-01T10:25:18.020944Z",
+        "created_at=2026-12-01T10:38:25.423542+00:00",
+        "2026-12-01 10:38:25+01:00",
         "codes 21610, 30004 to 30007",
         "took 1234567.89 ms",
     ],

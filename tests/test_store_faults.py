@@ -330,6 +330,26 @@ async def test_lost_reply_of_the_mark_unknown_script_after_an_upstream_500(
 
 
 @RETRY_ON
+@pytest.mark.parametrize("lost", ["reply", "request"])
+async def test_a_lost_release(rig_factory, retry_on, lost):
+    """Twilio answered 429 (never processed), and RELEASE's answer was lost on both of
+    redis-py's tries (it ran), or RELEASE never reached the store (it did not run). The client
+    gets the 429; the claim must not block the message, and the retry sends it exactly once."""
+    rig = await rig_factory(upstream_429_budget=0, on_store_error="closed")
+    rig.fake.push_fault(Fault("429"))
+    if lost == "reply":
+        rig.link.drop_after_reply(evalsha(script_sha("RELEASE")), times=2)
+    else:
+        rig.link.cut_request(script_sha("RELEASE"), times=2)
+    first = await rig.ledger.send(rig.http, rig.first, "r", key="key-r")
+    assert (first.status, first.decision) == (429, "forwarded")
+    assert await send_until_forwarded(rig, "r", key="key-r", on=retry_on)
+    # (Two `forwarded` answers are right here: the first one reached Twilio and was refused.)
+    assert_one_create(rig, "r")
+    assert rig.ledger.trail("r").endswith("201 forwarded")
+
+
+@RETRY_ON
 async def test_an_outcome_whose_write_failed_is_written_once_the_store_answers(
     rig_factory, retry_on
 ):

@@ -77,11 +77,16 @@ class StoreProber:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is None:
+            return
+        # Cancel until it is really gone: redis-py can swallow a cancel that lands while it
+        # connects (redis/redis-py#2551), and shutdown must never wait on the prober forever.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            task.result()
 
     async def probe_once(self) -> bool:
         try:
