@@ -1,14 +1,14 @@
 """The decision vocabulary: the values of `X-Sendguard-Decision`, log fields and metric labels.
 
-The first block is SPEC §4 verbatim; the second holds the situations the SPEC leaves open,
-documented in the README's error table.
+The first block is the contract's decision table (docs/contract.md#responses); the second
+holds the situations it leaves open, documented in the README's error table.
 """
 
 from enum import StrEnum
 
 
 class Decision(StrEnum):
-    # SPEC §4
+    # docs/contract.md#responses
     PASSTHROUGH = "passthrough"
     FORWARDED = "forwarded"
     REPLAYED = "replayed"

@@ -1,8 +1,8 @@
 """Prometheus metrics, one registry per app (several instances can share a process in tests).
 
 Label values are bounded vocabularies (decisions, guard names, Twilio codes, store steps), plus
-the account SID on `sendguard_sends_total` (one series per Twilio account, which SPEC §5 asks
-for): never a phone number, key or message SID.
+the account SID on `sendguard_sends_total` (one series per Twilio account, as
+docs/contract.md#admin asks): never a phone number, key or message SID.
 
 No label takes a value from unauthenticated input without a bound: the account label is set
 only for sends Twilio accepted or may have accepted (2xx, 5xx; a client inventing account SIDs

@@ -1,1 +1,1 @@
-"""The admin API on its own port (SPEC §5)."""
+"""The admin API on its own port (docs/contract.md#admin)."""

@@ -1,4 +1,5 @@
-"""The admin listener (SPEC §5): its own port, next to the proxy, sharing the proxy's runtime.
+"""The admin listener (docs/contract.md#admin): its own port, next to the proxy, sharing the
+proxy's runtime.
 
     GET  /healthz /readyz /metrics                   open (probes and Prometheus)
     GET  /v1/status                                  overview: store kind/mode, switches, counts
@@ -52,7 +53,7 @@ SHUTTING_DOWN: web.AppKey[Callable[[], bool]] = web.AppKey("shutting_down")
 
 SUPPRESSIONS_CLEARED = "suppressions_cleared"
 BREAKER_RESET = "breaker_reset"
-RECORD_RESOLVED = "record_resolved"  # an operator settled an UNKNOWN send (SPEC §3.1)
+RECORD_RESOLVED = "record_resolved"  # an operator settled an UNKNOWN (docs/contract.md#reconcile)
 
 LEDGER_DEFAULT_LIMIT = 100
 LEDGER_MAX_LIMIT = 500
@@ -375,7 +376,7 @@ async def show_record(request: web.Request) -> web.Response:
 
 
 async def _unknown_ledger(runtime: Runtime, params: Params) -> web.Response:
-    """The UNKNOWN sends an operator may have to settle (SPEC §3.1), oldest first."""
+    """The UNKNOWN sends an operator may settle (docs/contract.md#reconcile), oldest first."""
     if params.text("state") != RecordState.UNKNOWN.value:
         raise AdminInputError("'state' lists UNKNOWN sends only: state=unknown")
     for other in ("message_sid", "key", "id"):

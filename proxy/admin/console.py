@@ -1,4 +1,5 @@
-"""The operator console (SPEC §5, issue 16): a static page at `/ui/` on the admin port.
+"""The operator console (docs/contract.md#admin, issue 16): a static page at `/ui/` on the
+admin port.
 
     GET /ui/                      the page (open: it is static and holds no data)
     GET /ui/console.js|.css|…     its assets (the files of proxy/admin/ui/, nothing else)

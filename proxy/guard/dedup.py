@@ -108,7 +108,7 @@ def decide(
 
 
 class Outcome(StrEnum):
-    """What a forwarded attempt proves about the upstream create (SPEC §3.1 outcome classes)."""
+    """What a forwarded attempt proves about the upstream create (docs/contract.md#outcomes)."""
 
     NOT_SENT = "not-sent"  # connect failed / 429: nothing created, release the claim
     DEFINITE = "definite"  # 2xx / 4xx: store and replay

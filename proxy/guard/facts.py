@@ -21,7 +21,7 @@ from proxy.guard.routes import RouteMatch
 from proxy.guard.suppression import content_field
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
-# Visible ASCII (0x21-0x7E), 1-255 chars: SPEC §3.1.
+# Visible ASCII (0x21-0x7E), 1-255 chars: docs/contract.md#dedup.
 _KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 # Separators people put in phone numbers; removing them cannot merge two different E.164 numbers.
 _PHONE_NOISE_RE = re.compile(r"[\s().\-/]")
@@ -131,8 +131,8 @@ def recipient_phone(raw: str) -> str | None:
 
 
 def normalise_recipient(raw: str) -> str:
-    """The identity of a recipient (SPEC §3.1): one string per recipient, never two recipients
-    per string.
+    """The identity of a recipient (docs/contract.md#dedup): one string per recipient, never two
+    recipients per string.
 
     Phone numbers, bare or behind a channel prefix, lose their separators and the prefix its case:
     `+1 (555) 010-0000` = `+15550100000` = `0015550100000`, `WhatsApp:+1 555…` = `whatsapp:+1555…`.

@@ -1,7 +1,7 @@
 """How a forwarded attempt ended -> what the store must record, what the client is told, why.
 
-One table for SPEC §3.1's outcome classes, used by the guard (right after the attempt) and by
-the settlement journal (when the store only accepts the outcome later):
+One table for the outcome classes (docs/contract.md#outcomes), used by the guard (right after
+the attempt) and by the settlement journal (when the store only accepts the outcome later):
 
     attempt ended                    store action         counted  client answer
     answered 2xx                     complete             yes      upstream's answer
@@ -15,7 +15,7 @@ the settlement journal (when the store only accepts the outcome later):
 
 "Counted" is whether the send stays in the recipient's send log and the account ceiling:
 only what Twilio accepted or may have accepted counts, so nobody can spend a recipient's
-budget with bad credentials or bad requests (SPEC §3.2). Pure: table-tested in
+budget with bad credentials or bad requests (docs/contract.md#protection). Pure: table-tested in
 tests/test_outcome.py.
 """
 

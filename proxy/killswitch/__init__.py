@@ -1,4 +1,5 @@
-"""Kill switches (SPEC §3.3): stop guarded sends by scope, everywhere, within a second.
+"""Kill switches (docs/contract.md#kill-switch): stop guarded sends by scope, everywhere,
+within a second.
 
 model.py   pure: Scope, KillSwitch, SendAttributes, match(), retry_after(), env parsing
 store.py   Redis shell: one hash + change channel, engage/release/list scripts

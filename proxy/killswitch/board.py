@@ -7,7 +7,8 @@ with the store down) plus the stored ones, kept fresh by two tasks:
   (typically a few milliseconds from engage to every instance);
 - resync: the syncer also re-reads the hash every `resync_interval` (default 0.5 s, one
   LIST script round trip), so a lost message, a dropped subscription or a cluster without
-  pub/sub still costs at most `resync_interval` + one round trip: within the 1 s of SPEC §3.3.
+  pub/sub still costs at most `resync_interval` + one round trip: within the 1 s of
+  docs/contract.md#kill-switch.
 
 One syncer task does every read, so reads never race each other; an admin change is applied
 under the same lock, so the instance that took the change sees it before answering.

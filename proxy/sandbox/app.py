@@ -33,7 +33,7 @@ from proxy.sandbox.state import ReceivedRequest, SandboxState
 ACCOUNT_PATH = "/2010-04-01/Accounts/{account_sid:AC[0-9a-fA-F]{32}}"
 SID = "{sid:[A-Za-z0-9]+}"
 _FORM_CONTENT_TYPES = frozenset({"application/x-www-form-urlencoded", "application/octet-stream"})
-# Constant response headers of api.twilio.com (TWILIO-FACTS.md §7).
+# Constant response headers of api.twilio.com (docs/twilio-facts.md#headers).
 TWILIO_HEADERS = {
     "X-Home-Region": "us1",
     "X-Api-Domain": "api.twilio.com",

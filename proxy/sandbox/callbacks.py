@@ -1,14 +1,15 @@
 """Status callbacks, sent like Twilio does: form POSTs signed with `X-Twilio-Signature`.
 
-The signature (TWILIO-FACTS.md §4.2) is HMAC-SHA1 over the URL followed by every param name
+The signature (docs/twilio-facts.md#signature) is HMAC-SHA1 over the URL followed by each param name
 and value, sorted, keyed with the account's auth token. The sandbox cannot know an account's
 token, so it signs with the Basic-auth password of the create request: a client that sends
 with its real token gets callbacks its own validator accepts.
 
 Statuses move as on Twilio: queued → sent → delivered (or undelivered with an `ErrorCode`, for
-the `undelivered` fault). No callback is sent for the initial status (TWILIO-FACTS.md §2.3):
-a send with a From starts `queued`, so its callbacks are `sent`, `delivered`; a Messaging
-Service send starts `accepted`, so its callbacks are `queued`, `sent`, `delivered`.
+the `undelivered` fault). No callback is sent for the initial status
+(docs/twilio-facts.md#message-json): a send with a From starts `queued`, so its callbacks are
+`sent`, `delivered`; a Messaging Service send starts `accepted`, so its callbacks are `queued`,
+`sent`, `delivered`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ _ADDRESS = re.compile(r"^(?:[a-z-]+:)?\+?[0-9]{3,15}$")
 _SERVICE_SID = re.compile(r"^MG[0-9a-fA-F]{32}$")
 _CONTENT_SID = re.compile(r"^HX[0-9a-fA-F]{32}$")
 
-# TWILIO-FACTS.md §6: with test credentials these numbers fail synchronously with HTTP 400.
+# With test credentials these numbers fail synchronously with HTTP 400
+# (docs/twilio-facts.md#test-numbers).
 MAGIC_FROM_ERRORS: dict[str, tuple[int, str]] = {
     "+15005550001": (
         21212,
@@ -124,7 +125,7 @@ def _check_magic_numbers(to: str, from_: str) -> None:
 
 
 def build_message(account_sid: str, form: Form, now: datetime) -> dict[str, Any]:
-    """The Message JSON of a fresh create (TWILIO-FACTS.md §2.3), every field present."""
+    """Message JSON of a fresh create (docs/twilio-facts.md#message-json), every field present."""
     media = values(form, "MediaUrl")
     sid = new_sid("MM" if media else "SM")
     service = first(form, "MessagingServiceSid") or None

@@ -58,7 +58,7 @@ class SandboxState:
     `creates` counts resources actually created (Messages + Calls): the "at most once" truth.
 
     `list_lag_seconds` hides each new message from `GET …/Messages.json` for that long (fetch
-    by SID finds it at once), as Twilio's list can lag by minutes (TWILIO-FACTS.md §2.5); one
+    by SID finds it at once), as Twilio's list can lag by minutes (docs/twilio-facts.md#list); one
     create may set its own lag with the `X-Sandbox-List-Lag` header.
     """
 

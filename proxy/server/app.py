@@ -116,7 +116,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         pinned=runtime.sandboxed,
     )
     body = await read_body(request, runtime.max_body)
-    # One canonical target (SPEC §2): the path matched here is the path forwarded.
+    # One canonical target (docs/contract.md#canonical-target): the path matched here is the
+    # path forwarded.
     path = target_of(request).path
     match = runtime.routes.match(request.method, path)
     if match is not None:

@@ -2,7 +2,7 @@
 
     facts of the send (pure)
       -> kill switch, from local memory           engaged      -> 503 killed (no store touched)
-      -> the store mode in force (SPEC §3.4):
+      -> the store mode in force (docs/contract.md#outage):
            shared   the shared store (the normal case)
            local    shared store down: a private embedded store, dedup within this instance
            closed   shared store down: 503 store-unavailable

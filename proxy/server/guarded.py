@@ -1,7 +1,8 @@
 """Guarded sends: facts -> claim (one round trip) -> pure decisions -> act -> record the outcome.
 
-Round trips per send (SPEC §6): a fresh send costs two (claim, complete), a replay one (claim),
-a refused send two (claim, release). Every way an attempt can end is settled exactly once:
+Round trips per send (docs/contract.md#budget): a fresh send costs two (claim, complete), a
+replay one (claim), a refused send two (claim, release). Every way an attempt can end is
+settled exactly once:
 
     upstream answered 2xx/4xx  -> complete (stored, replayed to duplicates; codes learned)
     upstream answered 429      -> retried inside the budget; then release (a retry may send)
@@ -225,7 +226,8 @@ class SendGuard:
             if claim.claimed:
                 if claim.replicas is not None and claim.replicas < self.policy.min_replicas:
                     # A failover now could lose the claim and let a retry send again: nothing
-                    # leaves until enough replicas hold it (SPEC §3.4, store_min_replicas).
+                    # leaves until enough replicas hold it (store_min_replicas,
+                    # docs/contract.md#outage).
                     await self._release(ctx, facts, ref, token)
                     self.metrics.store_errors.labels("replicas").inc()
                     raise StoreUnavailable(reason="claim-not-replicated")
@@ -300,7 +302,7 @@ class SendGuard:
 
     def _store_failed(self, ctx: RequestContext, step: str, exc: StoreError) -> None:
         # Counted and logged only: whether the store is down is the health prober's call,
-        # never one failed command's (SPEC §3.4).
+        # never one failed command's (docs/contract.md#outage).
         self.metrics.store_errors.labels(step).inc()
         log.error(STORE_ERROR, request_id=ctx.request_id, step=step, error=str(exc))
 
@@ -341,7 +343,8 @@ class SendGuard:
         except StoreError as exc:
             self._store_failed(ctx, "claim", exc)
             # The claim may have run with its answer lost: hand it back, or it would block
-            # the message although nothing was sent ("a claim happens whole", SPEC §3.1).
+            # the message although nothing was sent ("a claim happens whole",
+            # docs/contract.md#dedup).
             await self._release(ctx, facts, ref, request.token)
             raise StoreUnavailable(reason="store-error") from exc
 
@@ -527,8 +530,9 @@ class SendGuard:
                     result = await self.client.send(method, url, headers, body)
                     if result.status != 429:
                         return result
-                    # Retry-After is a floor (SPEC §3.2): the jitter only ever adds to it,
-                    # up to 20 %, and is cut where the budget ends; a floor past it gives up.
+                    # Retry-After is a floor (docs/contract.md#protection): the jitter only
+                    # ever adds to it, up to 20 %, and is cut where the budget ends; a floor
+                    # past it gives up.
                     floor = max(_retry_after(result), backoff)
                     left = retry_until - loop.time()
                     if floor > left:

@@ -41,8 +41,9 @@ def stamp(response: web.StreamResponse, ctx: RequestContext) -> None:
 
 
 def refuse_unroutable(request: web.Request) -> None:
-    """Refusals before any routing, and the request's one canonical target (SPEC §2): every
-    handler routes and forwards `request[TARGET]`, never `request.path` or `raw_path`."""
+    """Refusals before any routing, and the request's one canonical target
+    (docs/contract.md#canonical-target): every handler routes and forwards `request[TARGET]`,
+    never `request.path` or `raw_path`."""
     if request.method == "CONNECT":
         raise UpstreamRefused("CONNECT is not supported: point the client's base URL here")
     if not request.raw_path.startswith("/"):

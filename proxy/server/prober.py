@@ -1,4 +1,4 @@
-"""The store's health, probed continuously and independently of traffic (SPEC §3.4).
+"""The store's health, probed continuously and independently of traffic (docs/contract.md#outage).
 
 One slow reply, one dropped connection or one full pool says nothing about whether the store
 is down; only the prober decides that, after `store_outage_after` of failed probes, and back

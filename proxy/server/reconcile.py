@@ -1,4 +1,5 @@
-"""Reconciling UNKNOWN sends against Twilio: only positive evidence resolves one (SPEC §3.1).
+"""Reconciling UNKNOWN sends against Twilio: only positive evidence resolves one
+(docs/contract.md#reconcile).
 
 Twilio's list API cannot prove that a message does not exist (a new message can be missing
 from `GET …/Messages.json` for minutes, `date_sent` is null until the carrier hand-off), so

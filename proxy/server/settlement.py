@@ -1,9 +1,9 @@
 """The settlement journal: outcomes of sends that the store has not accepted yet.
 
 Once a send may have left for Twilio, its outcome (complete, mark-unknown, release) belongs
-to this instance until the store accepts it (SPEC §3.4). A store that answers slowly, drops
-the connection after running the script, or is gone for a while must not lose that outcome,
-and must never turn it into a second send:
+to this instance until the store accepts it (docs/contract.md#outage). A store that answers
+slowly, drops the connection after running the script, or is gone for a while must not lose
+that outcome, and must never turn it into a second send:
 
   - the write is tried once inline; if the store fails, the outcome stays here, in memory,
     and is retried with backoff until the store accepts it (every script is a compare-and-set

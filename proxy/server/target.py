@@ -1,5 +1,5 @@
-"""One canonical request target (SPEC §2): the path that decides whether a request is a guarded
-send is exactly the path forwarded upstream.
+"""One canonical request target (docs/contract.md#canonical-target): the path that decides
+whether a request is a guarded send is exactly the path forwarded upstream.
 
 `canonical_target(raw)` is computed once per request, from the raw request-target as the client
 sent it, before any routing; the router matches `Target.path` and the upstream URL is built from

@@ -1,4 +1,5 @@
-"""The status-callback tee (SPEC §3.2): sendguard in the middle of Twilio's status callbacks.
+"""The status-callback tee (docs/contract.md#tee): sendguard in the middle of Twilio's status
+callbacks.
 
 With a public URL configured, a guarded send's `StatusCallback` is rewritten to a sendguard URL
 that carries the app's own URL and the send it was made for (account, recipient tag, dedup id)

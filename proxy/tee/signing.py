@@ -1,4 +1,4 @@
-"""Twilio's `X-Twilio-Signature`: computing it and checking it (TWILIO-FACTS.md §4.2).
+"""Twilio's `X-Twilio-Signature`: computing it and checking it (docs/twilio-facts.md#signature).
 
 The signed string is the URL Twilio requested (scheme, host, port if any, path, query) followed
 by every form parameter as `name + value`: names sorted, each name's values sorted and
