@@ -111,3 +111,25 @@ def test_a_refused_recovery_is_tried_again_at_the_next_good_probe():
     assert health.observe(True, 2) is True
     health.refuse_recovery()
     assert health.observe(True, 2.5) is True
+
+
+async def test_every_owed_outcome_of_one_record_is_kept_until_written():
+    """Two requests for one record each owe a write (found by the spin model: keeping only the
+    newer one left the older claim held, blocking a message that was never sent)."""
+    journal = SettlementJournal(Metrics(), backoff_first=0.01, backoff_max=0.02)
+    older, newer = FlakyWrite(3), FlakyWrite(1)
+    await journal.settle(PendingOutcome(REF, StoreAction.RELEASE, "p", older))
+    await journal.settle(PendingOutcome(REF, StoreAction.RELEASE, "p", newer))
+    assert len(journal) == 2
+    assert await journal.flush(2.0) == 0
+    assert (older.calls, newer.calls) == (4, 2)  # both written, neither given up
+
+
+async def test_while_degraded_settled_outcomes_still_answer_duplicates():
+    journal = SettlementJournal(Metrics())
+    journal.retain_settled(True)
+    await journal.settle(outcome(FlakyWrite(0)))
+    retained = journal.pending(REF)
+    assert retained is not None and retained.message_sid == "SM1"
+    journal.retain_settled(False)
+    assert journal.pending(REF) is None

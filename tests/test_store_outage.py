@@ -11,6 +11,7 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
+from proxy.sandbox import Fault
 from proxy.server.app import METRICS, RUNTIME
 from proxy.server.gate import StoreMode
 from tests.harness import SENDER, post_send
@@ -225,3 +226,25 @@ async def test_a_killed_embedded_store_is_restarted_and_sends_are_guarded_again(
     assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
     assert again["sid"] == sent["sid"]
     assert fake_twilio.creates == 2
+
+
+async def test_local_mode_never_reclaims_a_send_still_in_flight_on_the_shared_store(
+    proxies, fake_twilio, http, redis_server
+):
+    """A send claimed on the shared store is still waiting for Twilio when the outage policy
+    engages: its retry on the same instance must not be claimed afresh on the outage store
+    (found by the spin model)."""
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, "local")
+    fake_twilio.push_fault(Fault("delay", seconds=3))
+    original = asyncio.create_task(post_send(http, first.url, FORM))
+    await fake_twilio.wait_for_creates(1)
+    redis_server.stop()
+    await wait_for(lambda: _mode_is(http, first, "local"))
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (409, "in-flight")
+    status, headers, sent = await original
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    # Its outcome is owed to the shared store; the journal answers the retry meanwhile.
+    status, headers, again = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"], again["sid"]) == (201, "replayed", sent["sid"])
+    assert fake_twilio.creates == 1

@@ -26,7 +26,7 @@ from enum import StrEnum
 
 from aiohttp import web
 
-from proxy.errors import Killed, StoreUnavailable
+from proxy.errors import InFlight, Killed, StoreUnavailable
 from proxy.guard.facts import SendFacts, build_facts
 from proxy.guard.routes import RouteMatch
 from proxy.killswitch.board import KillSwitchBoard
@@ -109,6 +109,8 @@ class StoreFailover:
             if not self.degraded:
                 self.mode = self.fallback
                 self.degraded_since = time.time()
+                if self.mode is StoreMode.LOCAL:
+                    self.shared.journal.retain_settled(True)
                 self._publish_mode()
                 log.error(STORE_DEGRADED, mode=self.mode.value)
             return True
@@ -120,6 +122,14 @@ class StoreFailover:
             self.merging = True
             try:
                 settled = await self._local_sends_settled()
+                # Outcomes still owed to the shared store go first: a held claim whose release
+                # is not written yet would otherwise win over the outage record.
+                journal = self.shared.journal
+                if journal.owed_to(self.shared.store):
+                    await journal.flush(1.0)
+                if journal.owed_to(self.shared.store):
+                    log.warning(STORE_DEGRADED, mode=self.mode.value, step="journal-first")
+                    return False
                 merged = await merge_outage_records(self._local.store, self.shared.store)
             except StoreError as exc:
                 log.error(STORE_DEGRADED, mode=self.mode.value, step="merge", error=str(exc))
@@ -130,6 +140,7 @@ class StoreFailover:
             if not settled:
                 self._schedule_late_merge(self._local.store)
         outage = time.time() - (self.degraded_since or time.time())
+        self.shared.journal.retain_settled(False)
         self.mode = StoreMode.SHARED
         self.degraded_since = None
         self._publish_mode()
@@ -224,6 +235,10 @@ class SendGate:
             return await self._degraded(request, facts, body, upstream)
         if guard is self.failover.shared:
             return await guard.handle(request, facts, body, upstream)
+        if self.failover.shared.sending(_ref(facts)):
+            # Claimed on the shared store just before the outage and still on its way: the
+            # outage store knows nothing of it, so claiming there could send it twice.
+            raise InFlight(retry_after=1.0, reason="in-flight-on-the-shared-store")
         # Counted from the moment it was chosen (no await in between): the merge waits for it.
         self.failover.local_active += 1
         try:

@@ -191,6 +191,9 @@ class SendGuard:
         # Outcomes the store has not accepted yet; shared by the guards of every store mode.
         self.journal = journal if journal is not None else SettlementJournal(metrics)
         self.reconciler = reconciler
+        # Records this instance is sending right now (claim made, outcome not yet settled):
+        # in `local` mode a retry of one must not be claimed afresh on the outage store.
+        self._sending: dict[tuple[str, str], int] = {}
         self._settling: set[asyncio.Future[None]] = set()
 
     async def drain(self) -> None:
@@ -299,6 +302,9 @@ class SendGuard:
                 raise InFlight(retry_after=max(1.0, lease_left), reason=decision.reason)
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 2, self.policy.poll_max)
+
+    def sending(self, ref: SendRef) -> bool:
+        return (ref.tag, ref.dedup_id) in self._sending
 
     def _store_failed(self, ctx: RequestContext, step: str, exc: StoreError) -> None:
         # Counted and logged only: whether the store is down is the health prober's call,
@@ -433,6 +439,30 @@ class SendGuard:
         return slots
 
     async def _forward(
+        self,
+        request: web.Request,
+        ctx: RequestContext,
+        facts: SendFacts,
+        ref: SendRef,
+        body: bytes,
+        upstream: Upstream,
+        token: str,
+        admitted: tuple[tuple[int, int], ...] = (),
+    ) -> web.Response:
+        key = (ref.tag, ref.dedup_id)
+        self._sending[key] = self._sending.get(key, 0) + 1
+        try:
+            return await self._forward_claimed(
+                request, ctx, facts, ref, body, upstream, token, admitted
+            )
+        finally:
+            left = self._sending[key] - 1
+            if left:
+                self._sending[key] = left
+            else:
+                del self._sending[key]
+
+    async def _forward_claimed(
         self,
         request: web.Request,
         ctx: RequestContext,

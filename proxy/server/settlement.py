@@ -45,7 +45,7 @@ BACKOFF_MAX_SECONDS = 2.0
 Write = Callable[[], Awaitable[object]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: two owed writes are never "the same"
 class PendingOutcome:
     """An outcome this instance still owes the store, and what duplicates are told meanwhile."""
 
@@ -73,19 +73,42 @@ class SettlementJournal:
         self.max_pending = max_pending
         self._backoff_first = backoff_first
         self._backoff_max = backoff_max
-        self._pending: dict[tuple[str, str], PendingOutcome] = {}
+        # Every outcome owed, per record: two requests for one record (a lost claim answer
+        # retried, a refusal and a retry) each owe their own write; none supersedes another.
+        self._pending: dict[tuple[str, str], list[PendingOutcome]] = {}
+        self._count = 0
+        # While the instance runs on its outage store, outcomes the shared store accepted are
+        # kept here too: a retry then reaching the outage store must still find them.
+        self._retained: dict[tuple[str, str], PendingOutcome] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
 
     @property
     def full(self) -> bool:
-        return len(self._pending) >= self.max_pending
+        return self._count >= self.max_pending
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return self._count
 
     def pending(self, ref: SendRef) -> PendingOutcome | None:
-        return self._pending.get((ref.tag, ref.dedup_id))
+        """What a duplicate of `ref` is answered from: an owed (or, while degraded, a recently
+        settled) completion or UNKNOWN first, else an owed release."""
+        key = (ref.tag, ref.dedup_id)
+        owed = self._pending.get(key, [])
+        retained = self._retained.get(key) if self._retained is not None else None
+        candidates = [*owed, *([retained] if retained is not None else [])]
+        for outcome in candidates:
+            if outcome.action is not StoreAction.RELEASE:
+                return outcome
+        return candidates[0] if candidates else None
+
+    def owed_to(self, store: object) -> int:
+        """How many outcomes are still owed to `store` (the merge waits for them)."""
+        return sum(1 for owed in self._pending.values() for o in owed if o.store is store)
+
+    def retain_settled(self, retain: bool) -> None:
+        """Degraded to the outage store: keep settled outcomes for duplicates (True), or drop
+        them once the shared store guards sends again (False)."""
+        self._retained = {} if retain else None
 
     async def settle(self, outcome: PendingOutcome) -> StoreError | None:
         """Write the outcome now; if the store fails, keep it and retry in the background.
@@ -95,10 +118,13 @@ class SettlementJournal:
         except StoreError as exc:
             self._keep(outcome, str(exc))
             return exc
+        self._remember(outcome)
         return None
 
     async def retry_now(self, outcome: PendingOutcome) -> bool:
         """One extra inline try (a duplicate is waiting on a pending release)."""
+        if outcome.done.is_set():
+            return True
         try:
             await outcome.write()
         except StoreError:
@@ -108,13 +134,9 @@ class SettlementJournal:
 
     def _keep(self, outcome: PendingOutcome, error: str) -> None:
         key = (outcome.ref.tag, outcome.ref.dedup_id)
-        # A newer outcome for the same record (same send retried on this instance after a
-        # lost claim answer) supersedes nothing: both are token CAS writes, both are kept.
-        existing = self._pending.get(key)
-        if existing is not None and existing is not outcome:
-            existing.done.set()
-        self._pending[key] = outcome
-        self.metrics.pending_outcome_writes.set(len(self._pending))
+        self._pending.setdefault(key, []).append(outcome)
+        self._count += 1
+        self.metrics.pending_outcome_writes.set(self._count)
         log.warning(OUTCOME_WRITE_PENDING, action=outcome.action.value, error=error)
         task = asyncio.get_running_loop().create_task(self._retry(outcome))
         self._tasks.add(task)
@@ -124,6 +146,8 @@ class SettlementJournal:
         delay = self._backoff_first
         while not outcome.done.is_set():
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            if outcome.done.is_set():
+                return
             delay = min(delay * 2, self._backoff_max)
             outcome.attempts += 1
             try:
@@ -134,21 +158,36 @@ class SettlementJournal:
             return
 
     def _settled(self, outcome: PendingOutcome) -> None:
+        if outcome.done.is_set():
+            return
         outcome.done.set()
         key = (outcome.ref.tag, outcome.ref.dedup_id)
-        if self._pending.get(key) is outcome:
-            del self._pending[key]
-        self.metrics.pending_outcome_writes.set(len(self._pending))
+        owed = self._pending.get(key, [])
+        if outcome in owed:
+            owed.remove(outcome)
+            self._count -= 1
+            if not owed:
+                del self._pending[key]
+        self._remember(outcome)
+        self.metrics.pending_outcome_writes.set(self._count)
         log.info(OUTCOME_WRITE_SETTLED, action=outcome.action.value, attempts=outcome.attempts)
+
+    def _remember(self, outcome: PendingOutcome) -> None:
+        if self._retained is not None and outcome.action is not StoreAction.RELEASE:
+            self._retained[(outcome.ref.tag, outcome.ref.dedup_id)] = outcome
 
     async def flush(self, within: float) -> int:
         """Wait up to `within` seconds for pending outcomes to be written; how many are left."""
         if self._pending:
-            waits = [asyncio.ensure_future(o.done.wait()) for o in self._pending.values()]
+            waits = [
+                asyncio.ensure_future(o.done.wait())
+                for owed in self._pending.values()
+                for o in owed
+            ]
             _, still = await asyncio.wait(waits, timeout=within)
             for wait in still:
                 wait.cancel()
-        return len(self._pending)
+        return self._count
 
     async def close(self, within: float) -> None:
         left = await self.flush(within)
