@@ -33,3 +33,12 @@ def test_readme_opens_with_the_two_commands():
     first_screen = "\n".join(README.splitlines()[:15])
     assert "scripts/run" in first_screen and "scripts/test" in first_screen
     assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_every_more_info_link_of_sendguard_lands_on_an_anchor_in_the_readme():
+    for error in vars(errors).values():
+        own = isinstance(error, type) and issubclass(error, errors.SendguardError)
+        if own and error.code >= 79000:
+            url = errors.more_info_url(error.code)
+            anchor = url.rpartition("#")[2]
+            assert f'<a id="{anchor}"></a>' in README, (error.__name__, url)
