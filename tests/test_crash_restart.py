@@ -166,3 +166,37 @@ async def test_embedded_server_dies_with_a_sigkilled_sendguard(fake_twilio, tmp_
     while _processes_using(data_dir) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _processes_using(data_dir) == []
+
+
+async def test_serve_starts_with_its_store_down_and_guards_sends_once_it_is_up(fake_twilio, http):
+    """A pod restarted during a store outage must not crash-loop: `sendguard serve` starts,
+    serves passthrough, refuses guarded sends (503, nothing sent) and guards them once the
+    store answers."""
+    from tests.servers import ServerProcess
+
+    server = ServerProcess()  # its port is chosen, the server not started yet
+    process, url = await start_serve_process(
+        "--upstream", fake_twilio.url, "--redis-url", server.url
+    )
+    try:
+        status, headers, _ = await post_send(http, url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (503, "store-unavailable")
+        async with http.get(url + "/2010-04-01/Accounts.json") as answer:
+            assert answer.headers["X-Sendguard-Decision"] == "passthrough"
+        server.start()
+        deadline = time.monotonic() + 15
+        while True:
+            status, headers, _ = await post_send(http, url, FORM)
+            if status == 201:
+                break
+            assert status == 503, status
+            assert time.monotonic() < deadline, "sends were never guarded again"
+            await asyncio.sleep(0.3)
+        assert headers["X-Sendguard-Decision"] == "forwarded"
+        status, headers, _ = await post_send(http, url, FORM)
+        assert (status, headers["X-Sendguard-Decision"]) == (201, "replayed")
+        assert fake_twilio.creates == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 20)
+        server.stop()
