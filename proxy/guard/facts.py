@@ -1,8 +1,8 @@
 """The facts of a guarded send, derived from the raw request: key, scope, fingerprint, recipient.
 
 Everything here is pure and total over untrusted input: it either returns facts or raises an
-`InvalidRequest` subclass, never anything else (fuzzed in tests/test_facts.py and
-tests/test_identities.py).
+`InvalidRequest` subclass, never anything else (fuzzed in tests/unit/test_facts.py and
+tests/e2e/test_identities.py).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ the attempt) and by the settlement journal (when the store only accepts the outc
 "Counted" is whether the send stays in the recipient's send log and the account ceiling:
 only what Twilio accepted or may have accepted counts, so nobody can spend a recipient's
 budget with bad credentials or bad requests (docs/contract.md#protection). Pure: table-tested in
-tests/test_outcome.py.
+tests/unit/test_outcome.py.
 """
 
 from __future__ import annotations

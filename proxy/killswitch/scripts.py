@@ -3,7 +3,7 @@
 KEYS[1] is always `keys.kill_switches()`; the channel (`keys.kill_switch_channel()`) is an
 argument, not a key: classic PUBLISH names no key, so the scripts stay on one cluster slot.
 The notification carries no scope (it may hold a phone number): subscribers re-read the hash.
-Each script is safe to run twice (tests/test_killswitch.py).
+Each script is safe to run twice (tests/store/test_killswitch.py).
 """
 
 # Returns the value it replaced (false/nil if none).

@@ -369,8 +369,8 @@ def store_client(
     if url.lower().startswith(SENTINEL_SCHEMES):
         return _sentinel_client(url, connect=connect, timeout=timeout)
     # One immediate retry on a dropped connection: after a Redis restart every pooled connection
-    # is dead once. Every script is safe to run twice (tests/test_scripts.py): a claim that did
-    # run finds its own record and is answered in-flight, never sent twice.
+    # is dead once. Every script is safe to run twice (tests/store/test_scripts.py): a claim
+    # that did run finds its own record and is answered in-flight, never sent twice.
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     client = Redis.from_url(
         url, socket_connect_timeout=connect, socket_timeout=timeout, retry=retry

@@ -7,7 +7,7 @@ that outcome, and must never turn it into a second send:
 
   - the write is tried once inline; if the store fails, the outcome stays here, in memory,
     and is retried with backoff until the store accepts it (every script is a compare-and-set
-    on the claim token, so running it twice is harmless: tests/test_scripts.py);
+    on the claim token, so running it twice is harmless: tests/store/test_scripts.py);
   - while it is pending, a duplicate reaching this instance is answered from here: the real
     answer replayed, 409 for an UNKNOWN, 503 for a release not yet written (nothing was sent);
   - the journal is bounded: when full, new sends are refused before anything is sent;

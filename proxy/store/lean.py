@@ -1,7 +1,7 @@
 """A lean RESP client for the store's hot path: one multiplexed connection, hiredis in C.
 
 Status: measured and tested against a real server (bench/store_clients.py,
-tests/test_lean_client.py), not yet wired into SendStore: the hot path still runs on redis-py
+tests/store/test_lean_client.py), not yet wired into SendStore: the hot path still runs on redis-py
 with batching.AutoPipeline. Wiring it in (standalone and embedded stores only) is the next step
 of the performance work.
 

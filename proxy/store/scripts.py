@@ -1,7 +1,8 @@
 """Lua scripts: every multi-step change is one atomic script on one recipient's slot.
 
 Each script first names its KEYS/ARGV, reads the clock from the server (`TIME`, so instances
-with skewed clocks agree on leases and windows), and is safe to run twice (tests/test_scripts.py).
+with skewed clocks agree on leases and windows), and is safe to run twice
+(tests/store/test_scripts.py).
 Completion, release and mark-unknown are compare-and-set on the claim token: a process that
 lost its claim can never overwrite another's record (the Powertools #5714 bug class).
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Send one message through sendguard with the official `twilio` npm package, and print the
-// outcome as one line of JSON. Used by tests/test_sdk_node.py; also a runnable example of the
+// outcome as one line of JSON. Used by tests/e2e/test_sdk_node.py; also a runnable example of the
 // Node recipes in docs/sdk-recipes.md.
 //
 //   node send.js --proxy http://localhost:8080 --to +15558675310 --body "hi" \

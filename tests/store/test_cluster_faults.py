@@ -5,7 +5,7 @@ A real 3-master cluster (a replica each, 1 s node timeout) of valkey-server proc
 node as a seed, the counting fake Twilio as ground truth. A retrying client load runs while a
 master is killed with SIGKILL (its replica takes over), while a slot is migrated (ASK,
 TRYAGAIN, then MOVED), or all at once (a burst larger than a node's usual pool). The ledger
-(tests/test_store_faults.py) checks every logical send: at most one create, at most one
+(tests/store/test_store_faults.py) checks every logical send: at most one create, at most one
 `forwarded`, every other answer 201 replayed / 409 / 503, never a 500.
 """
 
@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from tests.servers import ClusterTopology, ServerProcess
-from tests.test_store_faults import Attempt, Ledger
+from tests.store.test_store_faults import Attempt, Ledger
 
 pytestmark = pytest.mark.slow
 

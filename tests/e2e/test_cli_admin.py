@@ -16,7 +16,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,9 +26,9 @@ from proxy.cli_admin import AdminClient, Unreachable, default_admin_url
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
 from tests.harness import ACCOUNT, MESSAGES, SENDER, ProxyInstance, basic_auth, post_send
+from tests.paths import REPO_ROOT
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "t0k3n-" + secrets.token_hex(12)
 ALICE, BOB = "+15558675310", "+15558675311"
 OPTED_OUT = "+15005550004"  # the sandbox answers 400/21610 for this number
@@ -62,7 +61,7 @@ async def sendguard(
     child_env.update(env or {})
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "proxy", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env, cwd=REPO_ROOT,
     )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode is not None

@@ -15,8 +15,7 @@ from click.testing import CliRunner, Result
 
 from proxy import __version__, cli
 from proxy.settings import Settings
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +150,7 @@ def test_python_dash_m_proxy_help() -> None:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "--help"],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env=env,
         capture_output=True,
         text=True,

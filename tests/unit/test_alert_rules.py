@@ -2,7 +2,7 @@
 too late, as rules that `promtool check rules` accepts and that `promtool test rules` exercises
 (helm/sendguard/alerts/sendguard-rules.test.yaml), on metric names sendguard really exports,
 each with a runbook entry in the README. The Helm chart wraps the same file in a PrometheusRule
-(tests/test_helm_chart.py).
+(tests/unit/test_helm_chart.py).
 
 promtool comes from the Debian package `prometheus` (scripts/test installs it when it can);
 without it the two promtool tests are skipped with the reason shown in pytest's summary."""
@@ -12,18 +12,17 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from proxy.metrics import Metrics
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-RULES = ROOT / "helm" / "sendguard" / "alerts" / "sendguard-rules.yaml"
+RULES = REPO_ROOT / "helm" / "sendguard" / "alerts" / "sendguard-rules.yaml"
 RULE_TESTS = RULES.with_name("sendguard-rules.test.yaml")
-README = (ROOT / "README.md").read_text()
+README = (REPO_ROOT / "README.md").read_text()
 RUNBOOK = "https://github.com/sendguard/sendguard#"
 
 # SPEC §5: a send-rate spike per account against its own baseline, breaker trips, UNKNOWN

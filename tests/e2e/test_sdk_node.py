@@ -17,14 +17,14 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
 
 from tests.harness import ACCOUNT, TOKEN
+from tests.paths import NODE_DIR
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
+NODE_DIR = NODE_DIR
 SEND_JS = NODE_DIR / "send.js"
 MIN_NODE_MAJOR = 20  # twilio 6.x declares "node": ">=20.0.0"
 NPM_TIMEOUT = 100.0  # seconds; under the 120 s per-test timeout that includes this setup

@@ -10,7 +10,7 @@ model/README.md explains the properties, the assumptions and the variants.
 Needs `spin` and `gcc` (scripts/test installs the Debian package `spin`): without them this
 module fails when CI=true and is skipped otherwise.
 
-Also a command line, for people: `python tests/test_model.py [--bfs] [variant ...]` checks the
+Also a command line, for people: `python tests/unit/test_model.py [--bfs] [variant ...]` checks the
 named variants (default: all), prints state counts and times, and for each counterexample the
 trail's events (`--bfs`: the shortest trail instead of the first one found).
 """
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
-MODEL = Path(__file__).resolve().parent.parent / "model" / "claim.pml"
+from tests.paths import REPO_ROOT
+
+MODEL = REPO_ROOT / "model" / "claim.pml"
 PAN_DEPTH = 10_000  # the deepest variant reaches ~1,000 steps
 PAN_HASH = 22  # 2**22 hash slots: ample for the largest variant (~360k states)
 PAN_MEMORY_MB = 1024

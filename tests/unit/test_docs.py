@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from proxy import errors
 from proxy.decision import Decision
 from proxy.settings import Settings
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
-DEFAULT_CONFIG = (ROOT / "config" / "sendguard.toml").read_text()
+README = (REPO_ROOT / "README.md").read_text()
+DEFAULT_CONFIG = (REPO_ROOT / "config" / "sendguard.toml").read_text()
 
 
 def test_every_setting_is_in_the_readme_reference_and_the_default_config():
@@ -32,7 +31,7 @@ def test_every_error_code_and_decision_is_in_the_error_table():
 def test_readme_opens_with_the_two_commands():
     first_screen = "\n".join(README.splitlines()[:15])
     assert "scripts/run" in first_screen and "scripts/test" in first_screen
-    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
+    assert "scripts/test" in (REPO_ROOT / ".ci" / "run").read_text()
 
 
 def test_every_more_info_link_of_sendguard_lands_on_an_anchor_in_the_readme():

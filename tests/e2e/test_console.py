@@ -36,8 +36,8 @@ from aiohttp import web
 from proxy.admin.console import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, load_assets
 from proxy.server.recent import RecentDecisions
 from tests.harness import ACCOUNT, MESSAGES, SENDER, post_send
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN_TOKEN = "t"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ALICE = "+15558675310"
@@ -175,7 +175,7 @@ def test_the_console_files_ship_in_the_wheel(tmp_path):
     """`pip install .` (the Dockerfile's way) must carry proxy/admin/ui/: package data."""
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir",
-         str(tmp_path), str(ROOT)],
+         str(tmp_path), str(REPO_ROOT)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -377,7 +377,7 @@ async def test_a_global_kill_switch_engaged_and_released_through_the_page(
 
 class SilentTwilio:
     """Answers the first create 500 without creating anything; later creates succeed; its list
-    is always empty. So the record stays UNKNOWN: no evidence either way (tests/test_reconcile.py)."""
+    is always empty. So the record stays UNKNOWN: no evidence either way (tests/e2e/test_reconcile.py)."""
 
     def __init__(self) -> None:
         self.posts = 0

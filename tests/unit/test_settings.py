@@ -23,8 +23,8 @@ from proxy.settings import (
     parse_recipient_limits,
     parse_size,
 )
+from tests.paths import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
 SID_A = "AC" + "a" * 32
 SID_B = "AC" + "0123456789abcdef" * 2
 
@@ -555,12 +555,12 @@ def test_redacted_dict_is_plain_json(tmp_path: Path) -> None:
 
 
 def test_default_config_file_has_every_key_at_its_default() -> None:
-    path = REPO / "config" / "sendguard.toml"
+    path = REPO_ROOT / "config" / "sendguard.toml"
     assert set(tomllib.loads(path.read_text())) == set(Settings.model_fields)
     assert load_settings(path) == Settings()
 
 
 def test_example_config_file_is_valid() -> None:
-    settings = load_settings(REPO / "config" / "example.toml")
+    settings = load_settings(REPO_ROOT / "config" / "example.toml")
     assert settings.redis_url is not None
     assert settings.admin_token is None  # comes from the environment in production

@@ -32,10 +32,10 @@ import yaml
 
 from proxy.metrics import Metrics
 from proxy.settings import Settings, load_settings
+from tests.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "helm" / "sendguard"
-EXAMPLE = ROOT / "helm" / "examples" / "app"
+CHART = REPO_ROOT / "helm" / "sendguard"
+EXAMPLE = REPO_ROOT / "helm" / "examples" / "app"
 RULES = CHART / "alerts" / "sendguard-rules.yaml"
 SIDECAR_SHARED_REDIS = yaml.safe_load(
     (CHART / "examples" / "sidecar-shared-redis.yaml").read_text()
@@ -166,7 +166,7 @@ SCENARIOS = {
 def charts(tmp_path_factory) -> Iterator[dict[str, tuple[Path, helm.Chart]]]:
     """Both charts, loaded; the example's file:// dependency resolved as `helm dep update` does."""
     workdir = tmp_path_factory.mktemp("helm")
-    shutil.copytree(ROOT / "helm", workdir / "helm", ignore=shutil.ignore_patterns("charts"))
+    shutil.copytree(REPO_ROOT / "helm", workdir / "helm", ignore=shutil.ignore_patterns("charts"))
     example = workdir / "helm" / "examples" / "app"
     helm.dependency_update(example)
     loaded = {
@@ -332,7 +332,7 @@ def test_the_embedded_store_persists_to_a_kept_volume_claim(charts, monkeypatch)
 
 
 def test_chart_app_version_is_the_package_version(charts):
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    version = re.search(r'^version = "([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
     assert version and charts["sendguard"][1].metadata["appVersion"] == version.group(1)
 
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import REPO_ROOT
 
 # What ships or runs: the docs, the code, the chart, the configuration, the benchmark, the scripts.
 SHIPPED_FILES = ("README.md", "Dockerfile", "pyproject.toml", ".dockerignore")
@@ -30,17 +30,17 @@ CITATION_FREE = ("README.md", "docs", "proxy")
 
 def _text_files(*names: str) -> Iterator[tuple[str, str]]:
     for name in names:
-        path = ROOT / name
+        path = REPO_ROOT / name
         paths = sorted(path.rglob("*")) if path.is_dir() else [path]
         for file in paths:
-            if not file.is_file() or SKIPPED_PARTS & set(file.relative_to(ROOT).parts):
+            if not file.is_file() or SKIPPED_PARTS & set(file.relative_to(REPO_ROOT).parts):
                 continue
             try:
                 text = file.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 continue  # images and other binaries
             if "\0" not in text:
-                yield file.relative_to(ROOT).as_posix(), text
+                yield file.relative_to(REPO_ROOT).as_posix(), text
 
 
 def test_nothing_shipped_points_outside_the_repository() -> None:
@@ -64,19 +64,27 @@ def test_docs_and_code_cite_the_contract_in_the_repository() -> None:
 
 
 def test_a_test_that_reads_a_sibling_folder_skips_without_it() -> None:
-    """Today only tests/test_sandbox_contract.py does: Twilio's OpenAPI schema, if it is there."""
+    """Today only tests/e2e/test_sandbox_contract.py does: Twilio's OpenAPI schema, if it is there."""
     for name, text in _text_files("tests"):
-        if name.endswith("test_docs_self_contained.py"):
-            continue
-        if "../shared" in text or re.search(r'/\s*"shared"', text):
+        if name.endswith(("test_docs_self_contained.py", "tests/paths.py")):
+            continue  # this test, and the one module that names the folder (SHARED_DIR)
+        if "../shared" in text or "SHARED_DIR" in text or re.search(r'/\s*"shared"', text):
             assert "skipif" in text, f"{name} reads outside the repository without skipping"
 
 
 # -- links ------------------------------------------------------------------------------------
 
 MARKDOWN = sorted(
-    {ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "helm").rglob("README.md")}
-    | {ROOT / name / "README.md" for name in SHIPPED_DIRS if (ROOT / name / "README.md").is_file()}
+    {
+        REPO_ROOT / "README.md",
+        *(REPO_ROOT / "docs").glob("*.md"),
+        *(REPO_ROOT / "helm").rglob("README.md"),
+    }
+    | {
+        REPO_ROOT / name / "README.md"
+        for name in SHIPPED_DIRS
+        if (REPO_ROOT / name / "README.md").is_file()
+    }
 )
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -114,29 +122,29 @@ def _relative_links(file: Path) -> Iterator[str]:
             yield target
 
 
-@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: p.relative_to(ROOT).as_posix())
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
 def test_every_relative_link_leads_to_a_file_and_anchor_that_exist(doc: Path) -> None:
     broken = []
     for target in _relative_links(doc):
         path_part, _, anchor = target.partition("#")
         file = (doc.parent / unquote(path_part)).resolve() if path_part else doc
-        if not file.is_relative_to(ROOT):
+        if not file.is_relative_to(REPO_ROOT):
             broken.append(f"{target}: outside the repository")
         elif not file.exists():
             broken.append(f"{target}: no such file")
         elif anchor and file.suffix == ".md" and unquote(anchor) not in _anchors(file):
-            broken.append(f"{target}: no such anchor in {file.relative_to(ROOT).as_posix()}")
+            broken.append(f"{target}: no such anchor in {file.relative_to(REPO_ROOT).as_posix()}")
     assert not broken, "\n".join(broken)
 
 
 def test_the_docs_index_the_twilio_facts_and_the_contract() -> None:
     for name in ("twilio-facts.md", "contract.md"):
-        assert (ROOT / "docs" / name).is_file(), name
+        assert (REPO_ROOT / "docs" / name).is_file(), name
     linked = {
         (doc.parent / target.partition("#")[0]).resolve()
         for doc in MARKDOWN
         for target in _relative_links(doc)
         if target.partition("#")[0]
     }
-    assert ROOT / "docs" / "twilio-facts.md" in linked
-    assert ROOT / "docs" / "contract.md" in linked
+    assert REPO_ROOT / "docs" / "twilio-facts.md" in linked
+    assert REPO_ROOT / "docs" / "contract.md" in linked

@@ -41,10 +41,10 @@ from aiohttp import web
 
 from proxy.decision import Decision
 from tests.harness import SENDER, post_send
+from tests.paths import REPO_ROOT
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
+README = (REPO_ROOT / "README.md").read_text()
 SERVE = "scripts/run --upstream sandbox"
 DECISIONS = frozenset(d.value for d in Decision)
 COUNTS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
@@ -136,7 +136,7 @@ def stand_in_venv(tmp_path: Path) -> Path:
     launcher = venv / "bin" / "sendguard"
     launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m proxy "$@"\n')
     launcher.chmod(0o755)
-    stamp = hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()
+    stamp = hashlib.sha256((REPO_ROOT / "pyproject.toml").read_bytes()).hexdigest()
     (venv / ".sendguard-installed").write_text(stamp + "\n")
     return venv
 
@@ -176,7 +176,7 @@ def quick_start_server(stand_in_venv: Path, tmp_path: Path) -> Iterator[dict[str
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            ["bash", "-c", script], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+            ["bash", "-c", script], cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL,
             stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -202,7 +202,7 @@ def test_the_readme_quick_start_and_try_it_work_as_written(quick_start_server, t
     )
     # A second terminal: the server's environment minus its token (the block exports its own).
     env = {k: v for k, v in quick_start_server.items() if k != "SENDGUARD_ADMIN_TOKEN"}
-    subprocess.run(["bash", "-c", script], cwd=REPO, env=env, check=True, timeout=300,
+    subprocess.run(["bash", "-c", script], cwd=REPO_ROOT, env=env, check=True, timeout=300,
                    stdin=subprocess.DEVNULL)  # fmt: skip
     sids_seen: set[str] = set()
     for i, step in enumerate(client):
@@ -220,14 +220,14 @@ def test_the_cli_says_when_the_server_has_no_admin_token(stand_in_venv, tmp_path
     log = tmp_path / "server.log"
     with log.open("wb") as sink:
         server = subprocess.Popen(
-            ["scripts/run", "--upstream", "sandbox"], cwd=REPO, env=env,
+            ["scripts/run", "--upstream", "sandbox"], cwd=REPO_ROOT, env=env,
             stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:
         wait_ready(f"http://{admin_listen}", server, log)
         for token in (None, "some-token"):
             cli_env = env if token is None else {**env, "SENDGUARD_ADMIN_TOKEN": token}
-            ran = subprocess.run(["scripts/run", "kill-switch", "list"], cwd=REPO, env=cli_env,
+            ran = subprocess.run(["scripts/run", "kill-switch", "list"], cwd=REPO_ROOT, env=cli_env,
                                  capture_output=True, text=True, timeout=60)  # fmt: skip
             assert ran.returncode == 4, ran
             assert ran.stderr.strip() == (
@@ -290,7 +290,7 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
     child_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "proxy", "serve", *args], cwd=REPO, env=child_env,
+        [sys.executable, "-m", "proxy", "serve", *args], cwd=REPO_ROOT, env=child_env,
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 
 from proxy.store.batching import AutoPipeline
 from proxy.store.send_store import SendRef, SendStore
-from tests.test_scripts import request
+from tests.store.test_scripts import request
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client as TwilioClient
 
 from proxy.sandbox import Fault, SandboxState, create_sandbox_app, start_sandbox, twilio_signature
-from tests.test_sandbox import (
+from tests.e2e.test_sandbox import (
     ACCOUNT,
     CALLS,
     MESSAGES,
@@ -31,8 +30,9 @@ from tests.test_sandbox import (
     get_json,
     send,
 )
+from tests.paths import SHARED_DIR
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED = SHARED_DIR
 OAI_SPEC = SHARED / "twilio-oai" / "twilio_api_v2010.json"
 requires_spec = pytest.mark.skipif(not OAI_SPEC.exists(), reason=f"{OAI_SPEC} not found")
 

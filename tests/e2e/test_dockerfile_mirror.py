@@ -34,11 +34,11 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+from tests.paths import REPO_ROOT
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-DOCKERFILE = ROOT / "Dockerfile"
-DOCKERIGNORE = ROOT / ".dockerignore"
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 UID = 10001
 
 
@@ -206,7 +206,7 @@ def test_dockerignore_is_an_allowlist_of_what_the_builder_copies(builder):
     copied = {source.rstrip("/") for sources, _ in copy_sources(builder) for source in sources}
     assert copied == allowed
     for source in copied:
-        assert (ROOT / source).exists(), source
+        assert (REPO_ROOT / source).exists(), source
 
 
 def lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -227,7 +227,7 @@ def lock_pins(path: Path) -> dict[str, tuple[str, list[str]]]:
 
 
 def pyproject_requirements(extra: str | None = None) -> list[Requirement]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     wanted = project["optional-dependencies"][extra] if extra else project["dependencies"]
     return [Requirement(item) for item in wanted]
 
@@ -241,7 +241,7 @@ def test_the_builder_installs_exactly_the_hash_checked_lock(builder):
 
 
 def test_the_image_lock_pins_every_dependency_with_hashes():
-    pins = lock_pins(ROOT / "requirements.lock")
+    pins = lock_pins(REPO_ROOT / "requirements.lock")
     for name, (version, hashes) in pins.items():
         assert hashes, f"{name}=={version} has no hash"
     for requirement in pyproject_requirements():
@@ -251,8 +251,8 @@ def test_the_image_lock_pins_every_dependency_with_hashes():
 
 
 def test_ci_installs_under_the_test_lock():
-    pins = lock_pins(ROOT / "requirements-test.lock")
-    image = lock_pins(ROOT / "requirements.lock")
+    pins = lock_pins(REPO_ROOT / "requirements-test.lock")
+    image = lock_pins(REPO_ROOT / "requirements.lock")
     for requirement in pyproject_requirements() + pyproject_requirements("test"):
         name = re.sub(r"[-_.]+", "-", requirement.name).lower()
         assert name in pins, f"{requirement} is not in requirements-test.lock"
@@ -260,7 +260,7 @@ def test_ci_installs_under_the_test_lock():
     assert {name: version for name, (version, _) in image.items()} == {
         name: pins[name][0] for name in image
     }, "the image and CI run the same versions"
-    script = (ROOT / "scripts" / "test").read_text()
+    script = (REPO_ROOT / "scripts" / "test").read_text()
     assert "PIP_CONSTRAINT=" in script and "requirements-test.lock" in script
 
 
@@ -275,7 +275,7 @@ API_FLOORS = [
 
 @pytest.mark.parametrize(("usage", "package", "floor"), API_FLOORS)
 def test_version_floors_cover_the_apis_the_code_uses(usage, package, floor):
-    sources = "\n".join(path.read_text() for path in (ROOT / "proxy").rglob("*.py"))
+    sources = "\n".join(path.read_text() for path in (REPO_ROOT / "proxy").rglob("*.py"))
     assert re.search(usage, sources), f"the code no longer uses {usage}: drop this floor"
     (requirement,) = [r for r in pyproject_requirements() if r.name == package]
     lowest = min(
@@ -311,7 +311,7 @@ def image(tmp_path_factory, builder, runtime) -> Image:
     for sources, destination in copy_sources(builder):
         target = workdir / destination
         for source in sources:
-            path = ROOT / source
+            path = REPO_ROOT / source
             if path.is_dir():
                 shutil.copytree(
                     path, target, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]")
@@ -442,7 +442,7 @@ def test_the_wheel_holds_the_whole_package(image):
     ).stdout.strip()
     installed = Path(found)
     assert installed.is_relative_to(image.root / "opt/sendguard"), installed
-    source = ROOT / "proxy"
+    source = REPO_ROOT / "proxy"
     expected = {
         path.relative_to(source)
         for path in source.rglob("*")
@@ -466,7 +466,7 @@ def test_the_entrypoint_runs_from_the_clean_venv(image):
         text=True,
         check=True,
     )
-    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+    version = re.search(r'^version = "([^"]+)"', (REPO_ROOT / "pyproject.toml").read_text(), re.M)
     assert version and version.group(1) in result.stdout
 
 
