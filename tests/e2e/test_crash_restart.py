@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -19,32 +18,16 @@ import pytest
 
 from proxy.sandbox import Fault
 from tests.harness import SENDER, post_send
-from tests.servers import free_port
+from tests.processes import start_serve
 
 FORM = {"To": "+15558675310", "From": SENDER, "Body": "Crash test"}
 TIMEOUTS = ["--upstream-connect-timeout", "0.5", "--upstream-read-timeout", "1"]
 
 
 async def start_serve_process(*args: str) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve",
-        "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{free_port()}",
-        "--log-level", "warning", *TIMEOUTS, *args,
-        stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert process.returncode is None, "sendguard exited during startup"
-            try:
-                async with session.get(url + "/healthcheck-probe"):
-                    return process, url
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.1)
-    process.kill()
-    raise RuntimeError("sendguard did not start")
+    # Not waiting for readiness: one test starts sendguard with its store down.
+    started = await start_serve(*TIMEOUTS, *args, ready=False)
+    return started.process, started.url
 
 
 async def send_then_sigkill(process: asyncio.subprocess.Process, url: str, fake) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 
 import aiohttp
@@ -18,34 +17,16 @@ import pytest
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
 from tests.harness import SENDER, post_send
-from tests.servers import free_port
+from tests.processes import start_serve
 
 FORM = {"To": "+15558675310", "From": SENDER, "Body": "Shutdown test"}
 
 
 async def start(fake_url: str, redis_url: str, grace: float):
-    port, admin_port = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve",
-        "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
-        "--upstream", fake_url, "--redis-url", redis_url, "--shutdown-grace", str(grace),
-        "--log-level", "warning",
-        stdin=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    admin = f"http://127.0.0.1:{admin_port}"
-    deadline = time.monotonic() + 20
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert process.returncode is None, "sendguard exited during startup"
-            try:
-                async with session.get(admin + "/readyz") as ready:
-                    if ready.status == 200:
-                        return process, f"http://127.0.0.1:{port}", admin
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)
-    process.kill()
-    raise RuntimeError("sendguard did not start")
+    started = await start_serve(
+        "--upstream", fake_url, "--redis-url", redis_url, "--shutdown-grace", str(grace)
+    )
+    return started.process, started.url, started.admin_url
 
 
 async def test_sigterm_lets_the_in_flight_send_finish_and_record(

@@ -2,18 +2,27 @@
 hours (`seeds/postmortem-570-sms.txt`: ~570 SMS per person). Through sendguard, with default
 settings, each of the 7 people gets exactly one message.
 
-Time is compressed: the 240 "minutes" run back to back. A second test scales the dedup window
-down so that the retry loop outlives it many times over, proving the window slides; a third
-makes every resend different (a bug that defeats dedup) and shows the per-recipient limit
-stopping it.
+Time is compressed: the 240 "minutes" run back to back. A second test adds the crash the
+postmortem names: the first send reaches Twilio (created), and the sidecar that sent it is
+killed with SIGKILL before it can answer or record the outcome; the scheduler goes on through
+the surviving sidecar and a restarted one. A third scales the dedup window down so that the
+retry loop outlives it many times over, proving the window slides; a fourth makes every resend
+different (a bug that defeats dedup) and shows the per-recipient limit stopping it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
+from types import SimpleNamespace
 
+import aiohttp
+import pytest
+
+from proxy.sandbox import Fault
 from tests.harness import SENDER, post_send
+from tests.processes import start_serve
 
 PEOPLE = [f"+1555010{n:04d}" for n in range(7)]
 ROUNDS = 240  # every minute for four hours
@@ -55,6 +64,38 @@ async def test_the_570_sms_incident_sends_each_person_one_message(
     assert fake_twilio.creates == 7
     assert answers["201 forwarded"] == 7
     assert answers["201 replayed"] + answers["409 in-flight"] == 7 * ROUNDS * OBAN_RETRIES - 7
+
+
+async def test_the_incident_with_a_sidecar_killed_after_twilio_created_the_message(
+    proxies, fake_twilio, http, shared_redis_url
+):
+    """kill -9 between Twilio's create and sendguard's record of it: the claim outlives its
+    owner, so every later retry (on any sidecar) is answered in-flight, then outcome-unknown,
+    or replayed once reconciliation finds the message; never sent again."""
+    flags = ("--upstream", fake_twilio.url, "--redis-url", shared_redis_url,
+             "--upstream-connect-timeout", "0.5", "--upstream-read-timeout", "1")  # fmt: skip
+    doomed = await start_serve(*flags)
+    fake_twilio.push_fault(Fault("hang", seconds=60))  # created, never answered
+    first = asyncio.create_task(post_send(http, doomed.url, notification(PEOPLE[0])))
+    await fake_twilio.wait_for_creates(1, timeout=10)
+    doomed.process.send_signal(signal.SIGKILL)
+    await doomed.process.wait()
+    with pytest.raises(aiohttp.ClientError):  # the app saw its connection die: it will retry
+        await first
+    restarted = await start_serve(*flags)  # the pod comes back, on the same store
+    survivor = await proxies.start(upstream=fake_twilio.url, redis_url=shared_redis_url)
+    try:
+        sidecars = [survivor, SimpleNamespace(url=restarted.url)]
+        answers = await scheduler(http, sidecars, ROUNDS, lambda to, _: notification(to))
+    finally:
+        restarted.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(restarted.process.wait(), 20)
+    assert messages_per_person(fake_twilio) == Counter(dict.fromkeys(PEOPLE, 1))
+    assert fake_twilio.creates == 7
+    assert answers["201 forwarded"] == 6  # the other six people; the first was sent before
+    # The crashed send is never forwarded again: held, then UNKNOWN or reconciled and replayed.
+    held = answers["409 in-flight"] + answers["409 outcome-unknown"] + answers["201 replayed"]
+    assert held == 7 * ROUNDS * OBAN_RETRIES - 6
 
 
 async def test_the_dedup_window_slides_for_as_long_as_the_loop_runs(

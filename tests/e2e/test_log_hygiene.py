@@ -12,8 +12,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
-import time
 from urllib.parse import quote
 
 import aiohttp
@@ -21,7 +19,7 @@ import pytest
 
 from proxy.logs import redact_text
 from tests.harness import ACCOUNT, MESSAGES, basic_auth, post_send
-from tests.servers import free_port
+from tests.processes import start_serve
 
 TOKEN = "9f3c2a7b1e8d4c6a0b5f7e2d1c3a4b6e"
 TO = "+15558675310"
@@ -113,28 +111,17 @@ async def admin_traffic(http: aiohttp.ClientSession, admin: str) -> None:
 
 
 async def test_logs_never_carry_secrets_numbers_or_bodies():
-    port, admin_port = free_port(), free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "serve", "--upstream", "sandbox",
-        "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
-        "--log-level", "debug", "--log-format", "json", "--upstream-read-timeout", "1",
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    started = await start_serve(
+        "--upstream", "sandbox", "--log-format", "json", "--upstream-read-timeout", "1",
+        ready=False, capture=True, log_level="debug",
         env={**os.environ, "SENDGUARD_ADMIN_TOKEN": ADMIN_TOKEN},
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = started.process, started.url
+    port = int(url.rsplit(":", 1)[1])
     auth = basic_auth(ACCOUNT, TOKEN)
     form = {"To": TO, "From": SENDER, "Body": BODY}
     try:
         async with aiohttp.ClientSession() as http:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    async with http.get(url + "/ready-probe"):
-                        break
-                except aiohttp.ClientConnectionError:
-                    assert time.monotonic() < deadline, "sendguard did not start"
-                    await asyncio.sleep(0.1)
             assert (await post_send(http, url, form, auth=auth))[0] == 201
             assert (await post_send(http, url, form, auth=auth))[0] == 201  # replay
             await post_send(
@@ -157,7 +144,7 @@ async def test_logs_never_carry_secrets_numbers_or_bodies():
             async with http.get(url + formatted, headers={"Authorization": auth}):
                 pass
             await send_malformed(port)
-            await admin_traffic(http, f"http://127.0.0.1:{admin_port}")
+            await admin_traffic(http, started.admin_url)
     finally:
         process.send_signal(signal.SIGTERM)
         stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
