@@ -1,7 +1,13 @@
-"""Closed-loop load: N connections POST guarded sends back to back for a fixed duration.
+"""Closed-loop load: N connections send requests back to back for a fixed duration.
 
-Every request carries a unique Body and a unique `To`, so every one is a fresh guarded send
-through sendguard that no per-recipient limit refuses. Engine: `wrk` (C, with the Lua script
+Three kinds of load (`mode`):
+- `fresh`: POST Messages.json, every request with a unique Body and a unique `To`, so every one
+  is a fresh guarded send through sendguard that no per-recipient limit refuses;
+- `replay`: POST Messages.json cycling through `pool` sends that were made before (the bodies
+  `replay_bodies` gives): through sendguard every one is a duplicate answered from the record;
+- `get`: GET Messages.json (the list), a passthrough request for sendguard.
+
+Engine: `wrk` (C, with the Lua script
 below) when it is installed, else the Python worker in this module (`python -m bench.loadgen
 ...`, plain asyncio + aiohttp). Either runs as a child process, pinned to the load core; its own
 CPU use is reported so a saturated loadgen shows up. A request is ok when it is 2xx and carries
@@ -43,6 +49,7 @@ AUTHORIZATION = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:benchtoken".encode()
 # counter: sendguard's per-recipient limits (default 5/min) then never refuse one, and the figures
 # are for sends that really go upstream (decision `forwarded`), limit bookkeeping included.
 SEND_FORM = "To=%2B1{series}{thread}{number}&From=%2B15005550010&Body=bench+{tag}"
+SEND_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": AUTHORIZATION}
 DECISION_HEADER = "X-Sendguard-Decision"
 RESULT_MARK = "BENCH_RESULT "
 # One series per load phase, distinct within a run (900 of them), so no recipient is reused.
@@ -59,8 +66,9 @@ def send_body(series: str, thread: int, number: int, tag: str) -> str:
     return SEND_FORM.format(series=series, thread=thread % 10, number=number_digits, tag=tag)
 
 
-# args: nonce, expected decision ("" = no decision header), Authorization, recipient series.
-# A response is counted under "<status> <decision or ->"; it is ok when it is 2xx and carries
+# args: nonce, expected decision ("" = no decision header), Authorization, recipient series,
+# mode (fresh|replay|get), replay pool size. A response is counted under
+# "<status> <decision or ->"; it is ok when it is 2xx and carries
 # exactly the expected decision. Socket errors (connect/read/write/timeout) are errors too.
 WRK_SCRIPT = Template("""
 local threads = {}
@@ -69,12 +77,23 @@ function setup(thread)
   table.insert(threads, thread)
 end
 function init(args)
-  nonce, expect, series = args[1], args[2] or "", args[4]
+  nonce, expect, series, mode = args[1], args[2] or "", args[4], args[5]
   counter, bad, seen = 0, 0, {}
   headers = {["Content-Type"] = "application/x-www-form-urlencoded", ["Authorization"] = args[3]}
+  if mode == "get" then
+    get = wrk.format("GET", wrk.path, {["Authorization"] = args[3]})
+  elseif mode == "replay" then  -- the bodies of replay_bodies(), formatted once
+    replays, pool = {}, tonumber(args[6])
+    for i = 0, pool - 1 do
+      local body = string.format("$form", series, 0, i, nonce, 0, i)
+      replays[i + 1] = wrk.format("POST", wrk.path, headers, body)
+    end
+  end
 end
 function request()
   counter = counter + 1
+  if mode == "get" then return get end
+  if mode == "replay" then return replays[(counter + tid) % pool + 1] end
   local body = string.format("$form", series, tid % 10, counter % 10000000, nonce, tid, counter)
   return wrk.format("POST", wrk.path, headers, body)
 end
@@ -121,21 +140,41 @@ def child_setup(core: int | None) -> Callable[[], None]:
     return setup
 
 
+def replay_bodies(series: str, nonce: str, pool: int) -> list[str]:
+    """The sends a `replay` load repeats (make them once first): thread 0, numbers 0..pool-1."""
+    return [send_body(series, 0, i, f"{nonce}-0-{i}") for i in range(pool)]
+
+
 def default_engine() -> str:
     return "wrk" if shutil.which("wrk") else "python"
 
 
+MODES = ("fresh", "replay", "get")
+
+
 def measure(
-    url: str, *, connections: int, duration: float, expect: str, core: int | None, engine: str
+    url: str,
+    *,
+    connections: int,
+    duration: float,
+    expect: str,
+    core: int | None,
+    engine: str,
+    mode: str = "fresh",
+    series: str | None = None,
+    nonce: str | None = None,
+    pool: int = 1,
 ) -> dict[str, Any]:
-    """Run one load phase in a child process.
+    """Run one load phase in a child process (`mode`: see the module docstring; a `replay`
+    load needs the `series` and `nonce` its sends were made with).
 
     Returns requests, ok (2xx with exactly the `expect`ed decision header; "" = no header),
     rps (ok per second: refused or failed requests never count as throughput), percentiles,
     errors, responses (count per "<status> <decision>") and the load generator's CPU.
     """
-    nonce = secrets.token_hex(6)
-    series = next_series()
+    assert mode in MODES, mode
+    nonce = nonce or secrets.token_hex(6)
+    series = series or next_series()
     with tempfile.TemporaryDirectory() as tmp:
         if engine == "wrk":
             script = os.path.join(tmp, "sends.lua")
@@ -143,11 +182,13 @@ def measure(
                 out.write(WRK_SCRIPT)
             seconds = max(1, round(duration))  # wrk takes whole seconds only
             command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-            command += ["-s", script, url, "--", nonce, expect, AUTHORIZATION, series]
+            command += ["-s", script, url, "--", nonce, expect, AUTHORIZATION, series, mode]
+            command += [str(pool)]
         else:
             command = [sys.executable, "-m", "bench.loadgen", url, "--nonce", nonce]
             command += ["--connections", str(connections), "--duration", str(duration)]
-            command += ["--expect", expect, "--series", series]
+            command += ["--expect", expect, "--series", series, "--mode", mode]
+            command += ["--pool", str(pool)]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         done = subprocess.run(
             command, cwd=ROOT, capture_output=True, text=True, preexec_fn=child_setup(core)
@@ -173,19 +214,21 @@ def measure(
 async def _worker(
     session: aiohttp.ClientSession,
     url: str,
-    bodies: Iterator[str],
+    bodies: Iterator[str | None],
     expect: str,
     deadline: float,
     seen: Counter[str],
 ) -> tuple[list[float], int]:
-    headers = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": AUTHORIZATION}
+    post = {"Content-Type": "application/x-www-form-urlencoded", "Authorization": AUTHORIZATION}
+    get = {"Authorization": AUTHORIZATION}
     latencies: list[float] = []
     errors = 0
     while time.perf_counter() < deadline:
-        body = next(bodies).encode()
+        body = next(bodies)  # None: a GET
+        method, headers = ("GET", get) if body is None else ("POST", post)
         started = time.perf_counter()
         try:
-            async with session.post(url, data=body, headers=headers) as response:
+            async with session.request(method, url, data=body, headers=headers) as response:
                 await response.read()
                 decision = response.headers.get(DECISION_HEADER, "")
                 seen[f"{response.status} {decision or '-'}"] += 1
@@ -197,11 +240,19 @@ async def _worker(
     return latencies, errors
 
 
+def _bodies(mode: str, series: str, nonce: str, pool: int) -> Iterator[str | None]:
+    if mode == "get":
+        return itertools.repeat(None)
+    if mode == "replay":
+        return itertools.cycle(replay_bodies(series, nonce, pool))
+    return (send_body(series, 0, n, f"{nonce}-{n}") for n in itertools.count(1))
+
+
 async def _run_python(
-    url: str, connections: int, duration: float, expect: str, nonce: str, series: str
+    url: str, connections: int, duration: float, expect: str, bodies: Iterator[str | None]
 ) -> None:
-    # One event loop: the shared iterator hands every request its own recipient and Body.
-    bodies = (send_body(series, 0, n, f"{nonce}-{n}") for n in itertools.count(1))
+    # One event loop: the shared iterator hands every request its body (fresh: its own
+    # recipient and Body).
     seen: Counter[str] = Counter()
     connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -236,11 +287,11 @@ def main() -> None:
     parser.add_argument("--expect", default="", help="required X-Sendguard-Decision ('' = none)")
     parser.add_argument("--nonce", default=secrets.token_hex(6))
     parser.add_argument("--series", default=None, help="3-digit recipient series")
+    parser.add_argument("--mode", choices=MODES, default="fresh")
+    parser.add_argument("--pool", type=int, default=1, help="replay: how many sends to repeat")
     args = parser.parse_args()
-    series = args.series or next_series()
-    asyncio.run(
-        _run_python(args.url, args.connections, args.duration, args.expect, args.nonce, series)
-    )
+    bodies = _bodies(args.mode, args.series or next_series(), args.nonce, args.pool)
+    asyncio.run(_run_python(args.url, args.connections, args.duration, args.expect, bodies))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The baseline: a bare aiohttp reverse proxy with no store and no logic.
 
 Run: `python -m bench.passthrough --port P --upstream http://127.0.0.1:S`. Same aiohttp, same
-upstream pool size (100) and the access log off, as in sendguard: the difference between the
+upstream pool size (100), the access log off and the same event loop (sendguard's own choice,
+proxy/server/eventloop.py: uvloop when installed), as in sendguard: the difference between the
 two is what sendguard's own work costs.
 """
 
@@ -13,6 +14,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+
+from proxy.server.eventloop import choose_loop
 
 POOL_SIZE = 100  # sendguard's default upstream_pool_size
 HOP_BY_HOP = frozenset(
@@ -54,7 +57,9 @@ def main() -> None:
     app[UPSTREAM] = args.upstream.rstrip("/")
     app.cleanup_ctx.append(client_session)
     app.router.add_route("*", "/{tail:.*}", handle)
-    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None)
+    _, loop_factory = choose_loop()
+    loop = loop_factory() if loop_factory else None
+    web.run_app(app, host="127.0.0.1", port=args.port, access_log=None, print=None, loop=loop)
 
 
 if __name__ == "__main__":

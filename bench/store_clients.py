@@ -78,7 +78,7 @@ from typing import Any
 
 import redis
 
-from proxy.store import keys, scripts
+from proxy.store import codec, keys, scripts
 from proxy.store.embedded import find_server_binary
 
 CLIENTS = (
@@ -102,25 +102,23 @@ LABELS = {
 
 # CLAIM's args as proxy.guard / send_store.claim build them for a keyless send with the
 # default limits (5/min, 20/h, 50/day) and three suppression scopes.
-META = json.dumps(
-    {
-        "account": "AC" + "0" * 32,
-        "to": "+1555***0000",
-        "route": "messages",
-        "by_key": False,
-        "sender": "+15550006666",
-    }
-)
+META = {
+    "account": "AC" + "0" * 32,
+    "route": "messages",
+    "to": "+15550000000",
+    "from": "+15550006666",
+    "body_sha": "ab" * 8,
+    "body_smart": "ab" * 8,
+}
 TTL_MS = 600_000
 ARGS_AFTER_TOKEN: tuple[str | int, ...] = (
-    "9f" * 32,  # payload hash
     30_000,  # lease
     TTL_MS,  # record ttl
     TTL_MS,  # slide (keyless)
-    META,
     "60000,3600000,86400000",  # windows
     86_400_000,  # keep
     "to\nfrom:+15550006666\nmsg:" + "ab" * 16,  # scopes
+    *codec.claim_fields("9f" * 32, META, by_key=False),  # the record's own fields
 )
 
 

@@ -161,6 +161,8 @@ mtype = { NOT_SENT, DEFINITE, AMBIGUOUS };
 #endif
 
 /* ------------------------------------------------------------------ state */
+/* The record's fields (proxy/store/codec.py RecordField): st is 's', tok is 't', exp compares
+   'l' with the store's TIME; the answer, meta and indexes do not decide anything and are left out. */
 byte st[3];              /* the record, per store copy PRI / REP / LOC: state */
 byte tok[3];             /* its claim token */
 bool exp[3];             /* its lease has ended (the store's TIME is past 'l') */

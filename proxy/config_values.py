@@ -10,7 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
@@ -175,6 +175,30 @@ def _check_one_redis_url(value: str) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("URL needs a host, e.g. redis://redis:6379/0")
     return value
+
+
+# Query parameters redis-py takes from a URL that sendguard's store clients can use.
+_REDIS_URL_OPTIONS = frozenset(
+    {"client_name", "ssl_cert_reqs", "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile"}
+)
+
+
+def check_redis_client_url(url: str) -> None:
+    """What redis-py itself would refuse (or silently misread) only once sendguard runs:
+    a non-numeric db in the path, a bad or unknown query parameter. Never echoes the URL."""
+    from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS, parse_url
+
+    parts = urlsplit(url)
+    db = parts.path.strip("/") if parts.scheme != "unix" else ""
+    if db and not (db.isascii() and db.isdigit()):
+        raise ValueError("the path must be the database number, e.g. redis://redis:6379/0")
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in URL_QUERY_ARGUMENT_PARSERS and name not in _REDIS_URL_OPTIONS:
+            raise ValueError(f"unknown query parameter {name!r} in the URL")
+    try:
+        parse_url(url)
+    except ValueError as exc:  # e.g. "Invalid value for 'socket_timeout' in connection URL."
+        raise ValueError(str(exc).rstrip(".")) from None
 
 
 def check_host_glob(pattern: str) -> str:

@@ -58,7 +58,7 @@ class SendguardError(Exception):
         self.retry_after = retry_after
         self.details = details
         # `reason` is the machine-readable cause logged with the decision; defaults to the code.
-        self.reason = reason or self.decision.value
+        self.reason = str(reason) if reason else self.decision.value  # (a Reason is a str)
         super().__init__(self.message)
 
     @property

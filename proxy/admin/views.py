@@ -60,7 +60,7 @@ def _sender_view(sender: str) -> str:
 def breaker_view(
     snapshot: RecipientSnapshot, policy: ProtectionPolicy, now_ms: int
 ) -> dict[str, Any]:
-    open_until = int(snapshot.breaker.get("open_until") or 0)
+    open_until = snapshot.breaker.open_until_ms
     if open_until > now_ms:
         state = "open"
     elif open_until:
@@ -74,8 +74,8 @@ def breaker_view(
     return {
         "state": state,
         "open_until": iso_ms(open_until),
-        "trips": int(snapshot.breaker.get("trips") or 0),
-        "probe_in_flight": bool(snapshot.breaker.get("probe")),
+        "trips": snapshot.breaker.trips,
+        "probe_in_flight": snapshot.breaker.probe_in_flight,
         "sends_in_windows": windows,
         "limits": [window.label for window in policy.windows],
     }

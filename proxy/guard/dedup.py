@@ -8,11 +8,11 @@
     IN_FLIGHT, lease expired       -> MARK_STALE       (owner died: UNKNOWN, never retaken)
 
 `decide` takes the store's clock reading as an argument, so it is a plain table-tested function.
+The record comes typed: how the store spells it is `proxy.store.codec`'s business.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -45,33 +45,6 @@ class DedupRecord:
     resolved_sid: str = ""  # UNKNOWN, but its Message SID is known (callback or operator)
     resent: bool = False  # `unknown_resend_after` already used its one resend
     reconciliations: int = 0  # times it was looked up in Twilio's list without evidence
-
-    @classmethod
-    def from_hash(cls, fields: dict[str, bytes]) -> DedupRecord:
-        def text(name: str) -> str:
-            return fields.get(name, b"").decode()
-
-        response = None
-        if "st" in fields:
-            response = StoredResponse(
-                status=int(text("st")),
-                headers=tuple((k, v) for k, v in json.loads(text("h") or "[]")),
-                body=fields.get("b", b""),
-            )
-        return cls(
-            state=RecordState(text("s")),
-            token=text("t"),
-            payload_hash=text("p"),
-            claimed_at_ms=int(text("c") or 0),
-            lease_until_ms=int(text("l") or 0),
-            response=response,
-            message_sid=text("sid"),
-            unknown_reason=text("u"),
-            meta=json.loads(text("m")) if fields.get("m") else None,
-            resolved_sid=text("rs"),
-            resent=text("rx") == "1",
-            reconciliations=int(text("rc") or 0),
-        )
 
 
 class Action(StrEnum):

@@ -15,11 +15,9 @@ blocked; the breaker never trips) or `enforce`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 from proxy.decision import Decision
 
@@ -52,14 +50,6 @@ class Suppression:
     until_ms: int
     source: str  # "response", "message", "callback": where the code was learned
 
-    def to_json(self) -> str:
-        return json.dumps({"code": self.code, "until": self.until_ms, "source": self.source})
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> Suppression:
-        data = json.loads(text)
-        return cls(int(data["code"]), int(data["until"]), str(data.get("source", "")))
-
 
 @dataclass(frozen=True)
 class RecipientState:
@@ -68,19 +58,6 @@ class RecipientState:
     open_until_ms: int  # 0: the breaker never opened (or closed again)
     trips: int
     probe_is_mine: bool
-
-    @classmethod
-    def from_script(cls, raw: dict[str, Any], token: str) -> RecipientState:
-        # cjson encodes an empty Lua table as {}: treat it as an empty list.
-        counts = raw.get("counts") or []
-        hits = raw.get("hits") or []
-        return cls(
-            counts=tuple(int(c) for c in counts),
-            suppressions=tuple((str(f), Suppression.from_json(v)) for f, v in hits),
-            open_until_ms=int(raw.get("open_until") or 0),
-            trips=int(raw.get("trips") or 0),
-            probe_is_mine=raw.get("probe") == token,
-        )
 
 
 @dataclass(frozen=True)

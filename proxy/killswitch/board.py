@@ -28,13 +28,12 @@ from proxy.guard.facts import SendFacts
 from proxy.killswitch import audit
 from proxy.killswitch.model import (
     KillSwitch,
-    Scope,
-    ScopeKind,
     SendAttributes,
     count_by_kind,
     match,
     parse_break_glass,
 )
+from proxy.killswitch.scopes import Scope, ScopeKind
 from proxy.killswitch.store import (
     Engaged,
     KillSwitchStore,

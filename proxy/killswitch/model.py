@@ -1,22 +1,9 @@
-"""Kill switches as values: scopes, switches and the pure `match` the hot path runs.
+"""Kill switches as values and the pure `match` the hot path runs.
 
 No I/O and no clock reads: every function that needs the time takes `now` (epoch seconds).
-
-    scope text                   matches a guarded send whose ...
-    global                       (every send)
-    account:AC<32 hex>           account SID is this one
-    sender:<E.164|MG…|alnum>     MessagingServiceSid (else From) is this sender
-    recipient:<E.164>            normalised To is this number
-    prefix:+<1-6 digits>         normalised To starts with this prefix (a country, a range)
-
-Scopes name *addresses*: a channel prefix on the send (`WhatsApp:+44…`) is ignored when
-matching, so `recipient:+44…` and `prefix:+44` also stop WhatsApp sends to those numbers.
-Scope text is canonical (`recipient:+1 (555) 010-0000` parses to `recipient:+15550100000`), so
-one scope is one field in the store however it was typed. Numbers are read exactly as facts.py
-reads a To (`recipient_phone`): recipient and prefix scopes match phone numbers in international
-form only; a To that is not a phone number (`client:…`, `sip:…`) or a national number without
-`+`/`00` is matched by no recipient or prefix scope (global, account and sender scopes still
-stop it).
+What a switch stops is its scope (scopes.py); the addresses a scope names are canonical
+(addresses.py), and a send's are canonicalised the same way once (`SendAttributes`), so
+matching is comparing text.
 """
 
 from __future__ import annotations
@@ -26,194 +13,19 @@ import math
 import re
 from collections.abc import Iterable, Set
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
-from proxy.guard.facts import SendFacts, normalise_recipient, recipient_phone
-from proxy.logs import mask_phone
+from proxy.guard.facts import SendFacts, recipient_phone
+from proxy.killswitch.addresses import account_key, parse_sender, sender_key
+from proxy.killswitch.scopes import Scope, ScopeKind
 
 CONFIG_AUTHOR = "config"
 CONFIG_REASON = "SENDGUARD_KILL_SWITCH"
 DEFAULT_RETRY_AFTER = 60  # seconds, for a switch with no expiry
-MAX_SCOPE_LENGTH = 100
 MAX_REASON_LENGTH = 500
 MAX_AUTHOR_LENGTH = 100
 
-_ACCOUNT_RE = re.compile(r"AC[0-9a-f]{32}", re.IGNORECASE)
-_SERVICE_RE = re.compile(r"MG[0-9a-f]{32}", re.IGNORECASE)
-_E164_RE = re.compile(r"\+[1-9][0-9]{1,14}")
-_PREFIX_RE = re.compile(r"\+[1-9][0-9]{0,5}")
-_SHORT_CODE_RE = re.compile(r"[0-9]{3,8}")
-# Twilio alphanumeric sender IDs: up to 11 of A-Z a-z 0-9 and space, at least one letter.
-_ALPHANUMERIC_RE = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
-_PHONE_LIKE_RE = re.compile(r"[+0-9][0-9\s().\-/]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ScopeKind(StrEnum):
-    GLOBAL = "global"
-    ACCOUNT = "account"
-    SENDER = "sender"
-    RECIPIENT = "recipient"
-    PREFIX = "prefix"
-
-
-_KINDS = ", ".join(kind.value for kind in ScopeKind)
-
-
-def _sid(value: str) -> str:
-    """`AC`/`MG` + hex, case-folded the way Twilio prints SIDs (routes accept either case)."""
-    return value[:2].upper() + value[2:].lower()
-
-
-def _e164(value: str, what: str) -> str:
-    number = normalise_recipient(value)
-    if ":" in number and recipient_phone(value) is None:
-        raise ValueError(
-            f"{what} must be an E.164 number such as +14155550100, got {value!r}: an address "
-            f"that is not a phone number (client:, sip:) has no recipient scope; stop it with a "
-            f"sender, account or global scope"
-        )
-    if ":" in number:
-        raise ValueError(
-            f"{what} must be a bare E.164 number (e.g. +14155550100), without a channel "
-            f"prefix such as 'whatsapp:': the scope already covers every channel"
-        )
-    if not _E164_RE.fullmatch(number):
-        raise ValueError(f"{what} must be an E.164 number such as +14155550100, got {value!r}")
-    return number
-
-
-def parse_sender(text: str) -> str:
-    """A sender in canonical form: `MG<hex>`, an E.164 number, a short code or an alphanumeric
-    sender ID (upper-cased: Twilio treats them case-insensitively). Raises ValueError."""
-    value = text.strip()
-    if _SERVICE_RE.fullmatch(value):
-        return _sid(value)
-    if len(value) == 34 and value[:2].upper() == "MG":
-        raise ValueError(f"a Messaging Service SID is MG followed by 32 hex digits, got {text!r}")
-    if _PHONE_LIKE_RE.fullmatch(value):
-        if _SHORT_CODE_RE.fullmatch(value):
-            return value
-        if not value.startswith(("+", "00")):
-            raise ValueError(
-                f"a sender number must be E.164 with a leading '+' (or a 3-8 digit short "
-                f"code), got {text!r}"
-            )
-        return _e164(value, "a sender number")
-    if ":" in value:
-        raise ValueError(
-            f"a sender must be given without a channel prefix such as 'whatsapp:' (the scope "
-            f"already covers every channel), got {text!r}"
-        )
-    if _ALPHANUMERIC_RE.fullmatch(value):
-        return value.upper()
-    raise ValueError(
-        f"a sender must be a Messaging Service SID (MG + 32 hex), an E.164 number, a short code "
-        f"or an alphanumeric sender ID (1-11 letters, digits, spaces), got {text!r}"
-    )
-
-
-def sender_key(raw: str) -> str:
-    """The canonical sender of a send (MessagingServiceSid, else From), total over any input:
-    the address without channel prefix, in `parse_sender`'s form where it has one."""
-    value = raw.strip()
-    if _SERVICE_RE.fullmatch(value):
-        return _sid(value)
-    number = recipient_phone(value) if ":" in value else None
-    address = number if number is not None else value.rpartition(":")[2]
-    try:
-        return parse_sender(address)
-    except ValueError:
-        return address
-
-
-@dataclass(frozen=True, slots=True)
-class Scope:
-    """What a switch stops. Build with `Scope.parse`; direct construction must be canonical."""
-
-    kind: ScopeKind
-    value: str = ""
-
-    def __post_init__(self) -> None:
-        if Scope.parse(str(self)) != self:
-            raise ValueError(f"not a canonical scope: {self.kind.value}:{self.value!r}")
-
-    @staticmethod
-    def parse(text: str) -> Scope:
-        """Strict: returns a canonical Scope or raises ValueError saying what is wrong."""
-        if not isinstance(text, str):
-            raise ValueError(f"a scope is text, got {type(text).__name__}")
-        stripped = text.strip()
-        if not stripped:
-            raise ValueError(f"empty scope: expected one of {_KINDS}")
-        if len(stripped) > MAX_SCOPE_LENGTH:
-            raise ValueError(f"scope longer than {MAX_SCOPE_LENGTH} characters")
-        name, sep, raw = stripped.partition(":")
-        try:
-            kind = ScopeKind(name.strip().lower())
-        except ValueError:
-            raise ValueError(
-                f"unknown scope kind {name.strip()!r}: expected one of {_KINDS}"
-            ) from None
-        if kind is ScopeKind.GLOBAL:
-            if sep:
-                raise ValueError("the global scope takes no value: write just 'global'")
-            return _make(kind, "")
-        if not raw.strip():
-            raise ValueError(f"the {kind.value} scope needs a value: {kind.value}:<{_HINTS[kind]}>")
-        return _make(kind, _CANONICAL[kind](raw))
-
-    def __str__(self) -> str:
-        return self.kind.value if self.kind is ScopeKind.GLOBAL else f"{self.kind}:{self.value}"
-
-    def masked(self) -> str:
-        """For logs: a person's number (recipient) or a sender number is masked."""
-        if self.kind is ScopeKind.RECIPIENT or (
-            self.kind is ScopeKind.SENDER and self.value.startswith("+")
-        ):
-            return f"{self.kind}:{mask_phone(self.value)}"
-        return str(self)
-
-
-def _account(raw: str) -> str:
-    value = raw.strip()
-    if not _ACCOUNT_RE.fullmatch(value):
-        raise ValueError(f"an account scope is AC followed by 32 hex digits, got {raw!r}")
-    return _sid(value)
-
-
-def _prefix(raw: str) -> str:
-    value = raw.strip()
-    if not _PREFIX_RE.fullmatch(value):
-        raise ValueError(
-            f"a prefix scope is '+' and 1-6 digits, not starting with 0 (e.g. +44), got {raw!r}"
-        )
-    return value
-
-
-_CANONICAL = {
-    ScopeKind.ACCOUNT: _account,
-    ScopeKind.SENDER: parse_sender,
-    ScopeKind.RECIPIENT: lambda raw: _e164(raw.strip(), "a recipient scope"),
-    ScopeKind.PREFIX: _prefix,
-}
-_HINTS = {
-    ScopeKind.ACCOUNT: "AC…",
-    ScopeKind.SENDER: "+E.164 | MG… | sender ID",
-    ScopeKind.RECIPIENT: "+E.164",
-    ScopeKind.PREFIX: "+CC",
-}
-
-
-def _make(kind: ScopeKind, value: str) -> Scope:
-    scope = object.__new__(Scope)  # already canonical: skip __post_init__'s re-parse
-    object.__setattr__(scope, "kind", kind)
-    object.__setattr__(scope, "value", value)
-    return scope
-
-
-GLOBAL = _make(ScopeKind.GLOBAL, "")
 
 
 def _text(value: object, what: str, limit: int) -> str:
@@ -326,7 +138,7 @@ class SendAttributes:
     @classmethod
     def of(cls, *, account_sid: str, sender: str, to: str) -> SendAttributes:
         return cls(
-            _sid(account_sid) if _ACCOUNT_RE.fullmatch(account_sid) else account_sid,
+            account_key(account_sid),
             sender_key(sender) if sender else "",
             recipient_phone(to) or "",
         )

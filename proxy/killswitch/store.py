@@ -24,7 +24,8 @@ from typing import Any, cast
 from redis.asyncio.cluster import RedisCluster
 
 from proxy.killswitch import scripts
-from proxy.killswitch.model import KillSwitch, Scope
+from proxy.killswitch.model import KillSwitch
+from proxy.killswitch.scopes import Scope
 from proxy.store import keys
 from proxy.store.send_store import RedisClient, StoreError, translate_store_errors
 

@@ -13,58 +13,46 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from proxy.config_values import SENTINEL_SCHEMES, parse_sentinel_url
 from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, TeeDisabled
-from proxy.guard.protection import AccountCeiling, GuardMode, LimitWindow, ProtectionPolicy
+from proxy.guard.protection import GuardMode
 from proxy.guard.routes import RouteSpec, RouteTable
-from proxy.guard.suppression import parse_rules as parse_suppression_rules
-from proxy.killswitch import KillSwitchBoard, KillSwitchStore, parse_env_switches
+from proxy.killswitch import KillSwitchBoard, KillSwitchStore
 from proxy.logs import get_logger
 from proxy.metrics import Metrics
 from proxy.server.context import CONTEXT
 from proxy.server.forward import forward_passthrough
 from proxy.server.gate import SendGate, StoreFailover, StoreMode
-from proxy.server.guarded import CallbackRouting, GuardPolicy, SendGuard
+from proxy.server.guard_policy import LEASE_MARGIN_SECONDS, guard_policy
+from proxy.server.guarded import CallbackRouting, SendGuard
 from proxy.server.learning import SuppressionLearner
 from proxy.server.middleware import REQUEST_COUNTER, proxy_middleware
 from proxy.server.prober import StoreHealth, StoreProber
 from proxy.server.recent import RECENT, RecentDecisions
 from proxy.server.reconcile import ReconcilePolicy, Reconciler
 from proxy.server.settlement import SettlementJournal
+from proxy.server.store_clients import store_client
 from proxy.server.target import target_of
 from proxy.store.callback_store import RedisCallbackDeduper, shared_tee_secret
 from proxy.store.embedded import EmbeddedStore
-from proxy.store.fastpack import use_hiredis_packing
-from proxy.store.send_store import CLUSTER_NODE_CONNECTIONS, RedisClient, SendRef, SendStore
+from proxy.store.lean_path import lean_client_like
+from proxy.store.send_store import RedisClient, SendRef, SendStore
 from proxy.tee import CALLBACK_PATH_PREFIX, AuthTokenBook, CallbackTee, CallbackUrlCodec
-from proxy.tee.handler import REFUSAL, UnknownResolver
+from proxy.tee.handler import UnknownResolver
 from proxy.tee.urls import CallbackBinding
-from proxy.upstream.client import UpstreamClient, guarded_send_deadline
+from proxy.upstream.client import UpstreamClient
 from proxy.upstream.hosts import UPSTREAM_HOST_HEADER, Upstream, select_upstream
 
 if TYPE_CHECKING:
     from proxy.settings import Settings
 
-log = get_logger("sendguard")
+__all__ = ["LEASE_MARGIN_SECONDS", "create_app", "guard_policy", "store_client"]
 
-# Added to the guarded send's total upstream deadline (`guarded_send_deadline`) to make the
-# lease: covers the store work between claim and send (an account-ceiling check), the store
-# write after the answer and scheduling noise. Erring short is safe: a live owner past its
-# lease can still complete, and a duplicate meanwhile finds it stale and turns it UNKNOWN,
-# never a resend; the in-flight record itself lives max(ttl, 2 x lease).
-LEASE_MARGIN_SECONDS = 2.0
+log = get_logger("sendguard")
 
 
 # The tee forwards a callback to the app with a few quick tries: Twilio itself retries a failed
@@ -72,9 +60,6 @@ LEASE_MARGIN_SECONDS = 2.0
 CALLBACK_FORWARD_ATTEMPTS = 3
 CALLBACK_FORWARD_TIMEOUT_SECONDS = 4.0
 CALLBACK_DEDUP_TTL_SECONDS = 24 * 3600.0
-# Every store command is a short script or a key read: seconds are already an outage.
-STORE_CONNECT_TIMEOUT_SECONDS = 1.0
-STORE_TIMEOUT_SECONDS = 2.0
 # Shutdown: how long pending outcome writes may still take once the proxy has drained.
 JOURNAL_FLUSH_SECONDS = 5.0
 
@@ -120,16 +105,22 @@ async def handle(request: web.Request) -> web.StreamResponse:
     # path forwarded.
     path = target_of(request).path
     match = runtime.routes.match(request.method, path)
+    ctx = request[CONTEXT]
     if match is not None:
-        return await runtime.gate.handle(request, body, upstream, match)
+        answer = await runtime.gate.handle(request, body, upstream, match)
+        # The one place an answered request's decision is written (errors: the middleware).
+        ctx.decide(answer.decision, answer.reason)
+        return answer.response
     learner = runtime.learner
 
     def watch(status: int) -> int:
         # Keep fetched/listed Message bodies: their error codes feed suppression.
         return runtime.max_body if learner.watches(request.method, path, status) else 0
 
-    response, kept = await forward_passthrough(request, body, upstream, runtime.client, watch)
-    upstream_ms = request[CONTEXT].upstream_ms
+    answer, kept = await forward_passthrough(request, body, upstream, runtime.client, watch)
+    ctx.decide(answer.decision, answer.reason)
+    response = answer.response
+    upstream_ms = ctx.upstream_ms
     if upstream_ms is not None:
         runtime.metrics.upstream_latency.labels("passthrough").observe(upstream_ms / 1000)
     if kept is not None:
@@ -138,16 +129,14 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 async def handle_callback(request: web.Request) -> web.StreamResponse:
-    """Twilio's status callbacks for sends whose StatusCallback the tee rewrote."""
+    """Twilio's status callbacks for sends whose StatusCallback the tee rewrote. The tee raises
+    its refusals (`SendguardError`): the middleware renders them and records their decision, as
+    for any request; an answer it returns is a callback taken."""
     tee = request.app[RUNTIME].tee
     if tee is None:
         raise TeeDisabled(reason="tee-off")
     response = await tee.handle(request)
-    refusal = request.get(REFUSAL)
-    if refusal is not None:
-        request[CONTEXT].decide(refusal.decision, refusal.reason)
-    else:
-        request[CONTEXT].decide(Decision.CALLBACK, "status-callback")
+    request[CONTEXT].decide(Decision.CALLBACK, "status-callback")
     return response
 
 
@@ -218,7 +207,8 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         max_body=settings.max_body_bytes,
     )
     await client.start()
-    store = SendStore(app[REDIS])
+    # The hot path on the lean client (standalone, embedded); cluster and sentinel: redis-py.
+    store = SendStore(app[REDIS], lean_client_like(app[REDIS]))
     policy = guard_policy(settings)
     metrics = app[METRICS]
     learner = SuppressionLearner(
@@ -267,7 +257,8 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         url = await embedded.start()
         local_store.append(embedded)
         log.warning("local_store_started", reason="shared-store-down")
-        local = SendStore(store_client(url))
+        local_client = store_client(url)
+        local = SendStore(local_client, lean_client_like(local_client))
         return SendGuard(local, client, policy, metrics, routing, journal, reconciler)
 
     failover = StoreFailover(
@@ -285,7 +276,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     board_redis = store_client(app[STORE_URL], cluster=settings.redis_cluster, timeout=None)
     board = KillSwitchBoard(
         KillSwitchStore(board_redis),
-        config_switches=parse_env_switches(settings.kill_switch or "", time.time()),
+        config_switches=settings.kill_switch.switches(time.time()) if settings.kill_switch else (),
         break_glass_senders=settings.break_glass_senders,
     )
     await board.start()
@@ -317,6 +308,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         # stays in flight there and turns UNKNOWN at lease end (never a resend).
         await journal.close(within=JOURNAL_FLUSH_SECONDS)
         await learner.drain()
+        await failover.close_stores()  # (after the journal's last writes)
         await client.close()
         if callback_session is not None:
             await callback_session.close()
@@ -346,100 +338,6 @@ async def _callback_secret(app: web.Application) -> bytes:
     if configured is not None:
         return configured.get_secret_value().encode()
     return await shared_tee_secret(app[REDIS])
-
-
-def store_client(
-    url: str, *, cluster: bool = False, timeout: float | None = STORE_TIMEOUT_SECONDS
-) -> RedisClient:
-    """A store client that fails fast: a black-holed Redis must turn into a store error (and
-    the outage policy) within seconds, never a request hanging on a socket. (The kill switch
-    board's subscription idles on its socket, so it passes timeout=None.)"""
-    connect = STORE_CONNECT_TIMEOUT_SECONDS
-    if cluster:
-        # Several seeds, comma-separated: any one that answers gives the whole topology, so
-        # sendguard starts (and keeps probing) while some of them are down.
-        first, *others = [seed.strip() for seed in url.split(",")]
-        return RedisCluster.from_url(
-            first,
-            startup_nodes=[_cluster_node(seed) for seed in others],
-            socket_connect_timeout=connect,
-            socket_timeout=timeout,
-            max_connections=CLUSTER_NODE_CONNECTIONS,
-        )
-    if url.lower().startswith(SENTINEL_SCHEMES):
-        return _sentinel_client(url, connect=connect, timeout=timeout)
-    # One immediate retry on a dropped connection: after a Redis restart every pooled connection
-    # is dead once. Every script is safe to run twice (tests/store/test_scripts.py): a claim
-    # that did run finds its own record and is answered in-flight, never sent twice.
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    client = Redis.from_url(
-        url, socket_connect_timeout=connect, socket_timeout=timeout, retry=retry
-    )
-    use_hiredis_packing(client.connection_pool)
-    return client
-
-
-def _sentinel_client(url: str, *, connect: float, timeout: float | None) -> Redis:
-    """The master the sentinels name, re-asked on every new connection: after a failover the
-    pool reconnects to the promoted replica (and a pub/sub subscription with it)."""
-    target = parse_sentinel_url(url)
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
-        list(target.sentinels),
-        socket_connect_timeout=connect,
-        socket_timeout=timeout,
-        sentinel_kwargs={"socket_connect_timeout": connect, "socket_timeout": connect},
-    )
-    client: Redis = sentinel.master_for(
-        target.master,
-        db=target.db,
-        username=target.username,
-        password=target.password,
-        ssl=target.tls,
-        socket_connect_timeout=connect,
-        socket_timeout=timeout,
-        retry=retry,
-    )
-    use_hiredis_packing(client.connection_pool)
-    return client
-
-
-def _cluster_node(seed: str) -> ClusterNode:
-    parts = urlsplit(seed)
-    return ClusterNode(parts.hostname or "localhost", parts.port or 6379)
-
-
-def guard_policy(settings: Settings) -> GuardPolicy:
-    protection = ProtectionPolicy(
-        windows=tuple(LimitWindow(c, w) for c, w in settings.recipient_limit_windows),
-        limits_mode=GuardMode(settings.recipient_limits_mode),
-        suppression_mode=GuardMode(settings.suppression_mode),
-        cooldown=settings.breaker_cooldown,
-        max_cooldown=settings.breaker_max_cooldown,
-    )
-    # The owner of a claim sends under a total deadline (its 429 retries plus one full
-    # attempt, enforced in SendGuard), then records: the lease is that deadline plus a margin.
-    lease = (
-        guarded_send_deadline(
-            settings.upstream_connect_timeout,
-            settings.upstream_read_timeout,
-            settings.upstream_429_budget,
-        )
-        + LEASE_MARGIN_SECONDS
-    )
-    return GuardPolicy(
-        idempotency_ttl=settings.idempotency_ttl,
-        inflight_wait=settings.inflight_wait,
-        lease=lease,
-        protection=protection,
-        suppression_rules=parse_suppression_rules(settings.suppressions),
-        retry_429_budget=settings.upstream_429_budget,
-        account_ceiling=AccountCeiling(
-            windows=tuple(LimitWindow(c, w) for c, w in settings.account_limit_windows),
-            mode=GuardMode(settings.account_limits_mode),
-        ),
-        min_replicas=settings.store_min_replicas,
-    )
 
 
 def route_specs(settings: Settings) -> list[RouteSpec]:

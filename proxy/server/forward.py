@@ -9,9 +9,8 @@ from aiohttp import web
 
 from proxy.decision import Decision
 from proxy.errors import PassthroughBroken, PassthroughTimedOut, UpstreamUnreachable
-from proxy.server.context import CONTEXT
+from proxy.server.context import CONTEXT, Answer, stamp
 from proxy.server.headers import downstream_response_headers, upstream_request_headers
-from proxy.server.middleware import stamp
 from proxy.server.target import target_of
 from proxy.upstream.client import NotSent, SentNoAnswer, UpstreamClient
 from proxy.upstream.hosts import Upstream
@@ -31,11 +30,10 @@ async def forward_passthrough(
     upstream: Upstream,
     client: UpstreamClient,
     watch: Callable[[int], int] | None = None,
-) -> tuple[web.StreamResponse, bytes | None]:
+) -> tuple[Answer, bytes | None]:
     """Stream the answer back. `watch(status)` may ask to keep up to N bytes of it: the kept
     body is returned (None when it was not kept, or was larger than asked)."""
     ctx = request[CONTEXT]
-    ctx.decide(Decision.PASSTHROUGH)
     headers = upstream_request_headers(request.headers, upstream.authority, identity_encoding=False)
     started = time.perf_counter()
     response: web.StreamResponse | None = None
@@ -52,7 +50,7 @@ async def forward_passthrough(
             )
             if answer.content_length is not None:
                 response.content_length = answer.content_length
-            stamp(response, ctx)
+            stamp(response, Decision.PASSTHROUGH, ctx.request_id)
             await response.prepare(request)
             keep = watch(answer.status) if watch is not None else 0
             kept: list[bytes] | None = [] if keep else None
@@ -66,16 +64,17 @@ async def forward_passthrough(
                     else:
                         kept = None
             await response.write_eof()
-            return response, b"".join(kept) if kept is not None else None
+            streamed = Answer(response, Decision.PASSTHROUGH)
+            return streamed, b"".join(kept) if kept is not None else None
     except NotSent as exc:
         raise UpstreamUnreachable(reason="connect-failed") from exc
     except SentNoAnswer as exc:
         if response is not None and response.prepared:
             # Headers are gone already: cut the connection so the client sees a truncated
             # answer as broken instead of letting a final chunk make it look complete.
-            ctx.reason = f"upstream-broke-mid-stream-{exc.kind}"
             if request.transport is not None:
                 request.transport.abort()
-            return response, None
+            broken = f"upstream-broke-mid-stream-{exc.kind}"
+            return Answer(response, Decision.PASSTHROUGH, broken), None
         error = PassthroughTimedOut if exc.kind == "timeout" else PassthroughBroken
         raise error(reason=f"upstream-{exc.kind}") from exc

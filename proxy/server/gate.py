@@ -28,12 +28,13 @@ from aiohttp import web
 
 from proxy.errors import InFlight, Killed, StoreUnavailable
 from proxy.guard.facts import SendFacts, build_facts
+from proxy.guard.guarded_decide import Reason, store_down_reason
 from proxy.guard.routes import RouteMatch
 from proxy.killswitch.board import KillSwitchBoard
 from proxy.killswitch.model import retry_after
 from proxy.logs import correlation_hash, get_logger, mask_phone
 from proxy.metrics import Metrics
-from proxy.server.context import CONTEXT
+from proxy.server.context import CONTEXT, Answer, RequestContext
 from proxy.server.guarded import SendGuard
 from proxy.store.send_store import SendRef, SendStore, StoreError
 from proxy.upstream.hosts import Upstream
@@ -195,6 +196,33 @@ class StoreFailover:
                 await guard.drain()
                 await guard.store.drain()
 
+    def is_shared(self, guard: SendGuard) -> bool:
+        return guard is self.shared
+
+    def sending_on_shared(self, ref: SendRef) -> bool:
+        """Claimed on the shared store and still on its way (the outage store knows nothing
+        of it)."""
+        return self.shared.sending(ref)
+
+    async def answer_owed(
+        self, ctx: RequestContext, facts: SendFacts, ref: SendRef
+    ) -> Answer | None:
+        """A duplicate of a send whose outcome is still owed: answered from memory (the
+        journal is one for every store mode)."""
+        return await self.shared.answer_pending(ctx, facts, ref)
+
+    async def forward_unguarded(
+        self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
+    ) -> Answer:
+        """`open` with the shared store down: one send, no claim, no record."""
+        return await self.shared.forward_unguarded(request, facts, body, upstream)
+
+    async def close_stores(self) -> None:
+        """Close what the stores own (their lean connections), once nothing writes to them."""
+        for guard in (self.shared, self._local):
+            if guard is not None:
+                await guard.store.aclose()
+
 
 async def merge_outage_records(local: SendStore, shared: SendStore) -> int:
     """Copy the local store's send records into the shared store: an existing shared record
@@ -213,7 +241,7 @@ class SendGate:
 
     async def handle(
         self, request: web.Request, body: bytes, upstream: Upstream, route: RouteMatch
-    ) -> web.Response:
+    ) -> Answer:
         ctx = request[CONTEXT]
         facts = build_facts(
             route,
@@ -233,12 +261,12 @@ class SendGate:
         guard = await self.failover.guard()
         if guard is None:
             return await self._degraded(request, facts, body, upstream)
-        if guard is self.failover.shared:
+        if self.failover.is_shared(guard):
             return await guard.handle(request, facts, body, upstream)
-        if self.failover.shared.sending(_ref(facts)):
+        if self.failover.sending_on_shared(_ref(facts)):
             # Claimed on the shared store just before the outage and still on its way: the
             # outage store knows nothing of it, so claiming there could send it twice.
-            raise InFlight(retry_after=1.0, reason="in-flight-on-the-shared-store")
+            raise InFlight(retry_after=1.0, reason=Reason.IN_FLIGHT_ON_SHARED_STORE)
         # Counted from the moment it was chosen (no await in between): the merge waits for it.
         self.failover.local_active += 1
         try:
@@ -258,19 +286,19 @@ class SendGate:
 
     async def _degraded(
         self, request: web.Request, facts: SendFacts, body: bytes, upstream: Upstream
-    ) -> web.Response:
+    ) -> Answer:
         # A duplicate of a send whose outcome is still owed to the store: answered from memory.
-        pending = await self.failover.shared.answer_pending(request[CONTEXT], facts, _ref(facts))
+        pending = await self.failover.answer_owed(request[CONTEXT], facts, _ref(facts))
         if pending is not None:
             return pending
         if self.failover.merging:
-            raise StoreUnavailable(reason="store-merging-outage-records")
+            raise StoreUnavailable(reason=Reason.STORE_MERGING)
         if self.failover.mode is StoreMode.OPEN:
             log.warning(UNGUARDED_SEND, request_id=request[CONTEXT].request_id,
                         account=facts.account_sid, to=mask_phone(facts.to))  # fmt: skip
             self.metrics.unguarded_sends.inc()
-            return await self.failover.shared.forward_unguarded(request, facts, body, upstream)
-        raise StoreUnavailable(reason=f"store-down-{self.failover.mode.value}")
+            return await self.failover.forward_unguarded(request, facts, body, upstream)
+        raise StoreUnavailable(reason=store_down_reason(self.failover.mode.value))
 
 
 def _ref(facts: SendFacts) -> SendRef:

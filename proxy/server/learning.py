@@ -24,7 +24,7 @@ from proxy.guard.suppression import (
 from proxy.logs import get_logger, mask_phone
 from proxy.metrics import Metrics
 from proxy.store.send_store import SendStore, StoreError
-from proxy.tee.handler import DeliveryStatus
+from proxy.tee.inbound import DeliveryStatus
 
 log = get_logger("sendguard.learning")
 

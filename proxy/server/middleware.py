@@ -1,5 +1,8 @@
 """The outer layer of every proxied request: request id, refusals that need no routing,
-error rendering (Twilio-shaped, never a traceback) and the one `request_finished` log line."""
+error rendering (Twilio-shaped, never a traceback) and the one `request_finished` log line.
+
+For every error the middleware is the one writer of the request's decision and reason (taken
+from the exception); an answered request's are written once by `app.handle` (context.Answer)."""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from aiohttp.typedefs import Handler
 from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, InternalError, SendguardError, UpstreamRefused
 from proxy.logs import REQUEST_FINISHED, get_logger, mask_phones_in
-from proxy.server.context import CONTEXT, RequestContext, request_id_from
-from proxy.server.headers import DECISION_HEADER, REQUEST_ID_HEADER
+from proxy.server.context import CONTEXT, RequestContext, request_id_from, stamp
+from proxy.server.headers import REQUEST_ID_HEADER
 from proxy.server.recent import RECENT
 from proxy.server.target import TARGET, canonical_target
 from proxy.tee.urls import CALLBACK_PATH_PREFIX
@@ -32,12 +35,6 @@ def render_error(error: SendguardError) -> web.Response:
         headers=error.headers(),
     )
     return response
-
-
-def stamp(response: web.StreamResponse, ctx: RequestContext) -> None:
-    """Every answer says what sendguard decided; call before a streamed response is prepared."""
-    response.headers[DECISION_HEADER] = ctx.decision.value
-    response.headers[REQUEST_ID_HEADER] = ctx.request_id
 
 
 def refuse_unroutable(request: web.Request) -> None:
@@ -72,7 +69,7 @@ async def proxy_middleware(request: web.Request, handler: Handler) -> web.Stream
         ctx.decide(internal.decision, type(exc).__name__)
         response = render_error(internal)
     if not response.prepared:
-        stamp(response, ctx)
+        stamp(response, ctx.decision, ctx.request_id)
     count = request.app.get(REQUEST_COUNTER)
     if count is not None:
         count(ctx.decision)

@@ -26,6 +26,7 @@ from aiohttp import web
 from proxy.admin.app import create_admin_app
 from proxy.logs import configure_logging, get_logger
 from proxy.server.app import METRICS, create_app
+from proxy.server.eventloop import choose_loop, running_loop_name
 from proxy.server.limits import admin_runner, proxy_runner, raise_open_file_limit
 from proxy.store.embedded import EmbeddedStoreError
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 log = get_logger("sendguard")
 
-EXIT_STARTUP_ERROR = 2  # as for invalid configuration (proxy/cli.py)
+EXIT_STARTUP_ERROR = 2  # as for invalid configuration (proxy/cli/settings_flags.py)
 
 
 class StartupError(Exception):
@@ -72,7 +73,8 @@ async def run_until_signalled(settings: Settings) -> int:
             await web.SockSite(runner, sock).start()
         for sock in admin_sockets:
             await web.SockSite(admin, sock).start()
-        log.info("sendguard_started", listen=settings.listen, admin_listen=settings.admin_listen,
+        log.info("sendguard_started", listen=str(settings.listen),
+                 admin_listen=str(settings.admin_listen), loop=running_loop_name(),
                  settings=settings.redacted_dict())  # fmt: skip
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -90,8 +92,10 @@ async def run_until_signalled(settings: Settings) -> int:
 
 def serve(settings: Settings) -> int:
     configure_logging(settings.log_level, settings.effective_log_format)
+    _, loop_factory = choose_loop()  # once, for the whole process (proxy/server/eventloop.py)
     try:
-        return asyncio.run(run_until_signalled(settings))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(run_until_signalled(settings))
     except StartupError as exc:
         print(f"sendguard: {exc}", file=sys.stderr)
         return EXIT_STARTUP_ERROR
@@ -105,9 +109,9 @@ Listeners = tuple[list[socket.socket], list[socket.socket]]
 def bind_listeners(settings: Settings) -> Listeners:
     """The proxy's and the admin port's listening sockets (one per address the host resolves
     to, as asyncio's own create_server binds them), or StartupError naming the setting."""
-    proxy = _bind("listen", settings.listen_host, settings.listen_port)
+    proxy = _bind("listen", settings.listen.host, settings.listen.port)
     try:
-        admin = _bind("admin_listen", settings.admin_listen_host, settings.admin_listen_port)
+        admin = _bind("admin_listen", settings.admin_listen.host, settings.admin_listen.port)
     except StartupError:
         _close((proxy, []))
         raise

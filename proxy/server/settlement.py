@@ -5,14 +5,20 @@ to this instance until the store accepts it (docs/contract.md#outage). A store t
 slowly, drops the connection after running the script, or is gone for a while must not lose
 that outcome, and must never turn it into a second send:
 
-  - the write is tried once inline; if the store fails, the outcome stays here, in memory,
-    and is retried with backoff until the store accepts it (every script is a compare-and-set
-    on the claim token, so running it twice is harmless: tests/store/test_scripts.py);
+  - an answered send's completion is written after the answer (`settle_behind`): it is owed
+    here first, so a duplicate reaching this instance is replayed from memory at once, and the
+    client gets Twilio's answer without waiting for the store. A duplicate on another instance
+    meanwhile finds the record in flight and waits (`inflight_wait`) until the write lands;
+  - a release or an UNKNOWN mark is tried once inline (`settle`);
+  - a write the store fails stays here, in memory, and is retried with backoff until the store
+    accepts it (every script is a compare-and-set on the claim token, so running it twice is
+    harmless: tests/store/test_scripts.py);
   - while it is pending, a duplicate reaching this instance is answered from here: the real
     answer replayed, 409 for an UNKNOWN, 503 for a release not yet written (nothing was sent);
   - the journal is bounded: when full, new sends are refused before anything is sent;
-  - shutdown flushes it within a deadline; what is left stays in flight in the store and turns
-    UNKNOWN at the end of its lease (never a resend).
+  - shutdown flushes it within a deadline; what is left (a write behind the answer included)
+    stays in flight in the store and turns UNKNOWN at the end of its lease (never a resend), as
+    after a crash before the write landed.
 
 One journal per process, shared by the guards of every store mode: a duplicate that arrives
 while the instance is on its outage store still finds the shared store's pending outcome.
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 
 from proxy.guard.dedup import StoredResponse
@@ -58,6 +64,13 @@ class PendingOutcome:
     message_sid: str = ""
     attempts: int = 0
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    behind: bool = False  # written after the answer (`settle_behind`)
+    refused: bool = False  # the store failed a write of it at least once
+
+    @property
+    def landing(self) -> bool:
+        """Written after the answer, its first write still under way (not refused yet)."""
+        return self.behind and not self.refused and not self.done.is_set()
 
 
 class SettlementJournal:
@@ -77,6 +90,7 @@ class SettlementJournal:
         # retried, a refusal and a retry) each owe their own write; none supersedes another.
         self._pending: dict[tuple[str, str], list[PendingOutcome]] = {}
         self._count = 0
+        self._refused = 0  # owed outcomes the store failed at least once (the gauge)
         # While the instance runs on its outage store, outcomes the shared store accepted are
         # kept here too: a retry then reaching the outage store must still find them.
         self._retained: dict[tuple[str, str], PendingOutcome] | None = None
@@ -116,10 +130,35 @@ class SettlementJournal:
         try:
             await outcome.write()
         except StoreError as exc:
-            self._keep(outcome, str(exc))
+            self._owe(outcome)
+            self._refused_once(outcome, str(exc))
+            self._start(self._retry(outcome))
             return exc
         self._remember(outcome)
         return None
+
+    def settle_behind(
+        self, outcome: PendingOutcome, on_error: Callable[[StoreError], None]
+    ) -> None:
+        """Owe the outcome now and write it in the background (the caller answers at once).
+        Synchronous on purpose: no await between the answer and the debt, so a cancelled
+        request cannot leave an outcome neither owed nor written. `on_error` hears of the
+        first failed write (then it is retried like any refused one)."""
+        outcome.behind = True
+        self._owe(outcome)
+        self._start(self._write_behind(outcome, on_error))
+
+    async def _write_behind(
+        self, outcome: PendingOutcome, on_error: Callable[[StoreError], None]
+    ) -> None:
+        try:
+            await outcome.write()
+        except StoreError as exc:
+            on_error(exc)
+            self._refused_once(outcome, str(exc))
+            await self._retry(outcome)
+            return
+        self._settled(outcome)
 
     async def retry_now(self, outcome: PendingOutcome) -> bool:
         """One extra inline try (a duplicate is waiting on a pending release)."""
@@ -132,13 +171,20 @@ class SettlementJournal:
         self._settled(outcome)
         return True
 
-    def _keep(self, outcome: PendingOutcome, error: str) -> None:
+    def _owe(self, outcome: PendingOutcome) -> None:
         key = (outcome.ref.tag, outcome.ref.dedup_id)
         self._pending.setdefault(key, []).append(outcome)
         self._count += 1
-        self.metrics.pending_outcome_writes.set(self._count)
+
+    def _refused_once(self, outcome: PendingOutcome, error: str) -> None:
+        if not outcome.refused:
+            outcome.refused = True
+            self._refused += 1
+            self.metrics.pending_outcome_writes.set(self._refused)
         log.warning(OUTCOME_WRITE_PENDING, action=outcome.action.value, error=error)
-        task = asyncio.get_running_loop().create_task(self._retry(outcome))
+
+    def _start(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -169,8 +215,10 @@ class SettlementJournal:
             if not owed:
                 del self._pending[key]
         self._remember(outcome)
-        self.metrics.pending_outcome_writes.set(self._count)
-        log.info(OUTCOME_WRITE_SETTLED, action=outcome.action.value, attempts=outcome.attempts)
+        if outcome.refused:  # the ordinary write behind the answer lands quietly
+            self._refused -= 1
+            self.metrics.pending_outcome_writes.set(self._refused)
+            log.info(OUTCOME_WRITE_SETTLED, action=outcome.action.value, attempts=outcome.attempts)
 
     def _remember(self, outcome: PendingOutcome) -> None:
         if self._retained is not None and outcome.action is not StoreAction.RELEASE:

@@ -10,7 +10,10 @@ Each caller gets exactly the answers to its own steps, in order; an answer that 
 is handed back as a value (the caller decides: NOSCRIPT is reloaded, others raise). A failure
 of the exchange itself (connection lost) is raised to every caller in the batch: for each of
 them it means what it meant before batching, "the store could not answer".
-Standalone Redis only: a cluster pipeline cannot carry scripts.
+Standalone Redis only: a cluster pipeline cannot carry scripts. Since the lean client
+(lean_path.py) took over sendguard's hot path on a standalone or embedded store, this carries
+what stays on redis-py there: claims that WAIT for replicas (`store_min_replicas`), and every
+call of a SendStore made without a lean client.
 """
 
 from __future__ import annotations

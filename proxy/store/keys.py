@@ -36,7 +36,8 @@ def recipient_suppressions(tag: str) -> str:
 
 
 def recipient_messages(tag: str) -> str:
-    """Hash: Message SID -> content field, so a callback (which has no body) finds its message."""
+    """Hash: Message SID -> content field. Legacy, read only: the SID index (`message_ref`)
+    carries the content field now; kept for sends completed before it did."""
     return f"{_BASE}:{{{tag}}}:sids"
 
 
@@ -46,12 +47,13 @@ def key_index(dedup_id: str) -> str:
 
 
 def message_ref(message_sid: str) -> str:
-    """String: `<recipient tag> <dedup id>` of the send that created a Message SID (admin)."""
+    """String: the send that created a Message SID, and its content field (`codec.encode_index`):
+    the admin's lookup by SID, and a status callback's message scope (it carries no body)."""
     return f"{_BASE}:{{m{message_sid}}}:ref"
 
 
 def key_ref(lookup_id: str) -> str:
-    """String: `<recipient tag> <dedup id>` of the last send under an account's key (admin)."""
+    """String: the last send under an account's key (`codec.encode_index`; admin)."""
     return f"{_BASE}:{{k{lookup_id}}}:ref"
 
 

@@ -1,9 +1,11 @@
 """A lean RESP client for the store's hot path: one multiplexed connection, hiredis in C.
 
-Status: measured and tested against a real server (bench/store_clients.py,
-tests/store/test_lean_client.py), not yet wired into SendStore: the hot path still runs on redis-py
-with batching.AutoPipeline. Wiring it in (standalone and embedded stores only) is the next step
-of the performance work.
+Status: wired in. A guarded send's hot path on a standalone or embedded store runs on it
+(lean_path.py, send_store.py; tests/store/test_lean_hot_path.py): the claim with its index
+writes, the outcome write, release, mark-unknown, the record read and the account ceilings.
+Cluster, sentinel and claims that WAIT for replicas (`store_min_replicas`) stay on redis-py, as
+does everything off the hot path. Measured in bench/store_clients.py, tested against a real
+server in tests/store/test_lean_client.py.
 
 Why (docs/contract.md#budget, issue 14; numbers in bench/store_clients.py): a guarded send's
 store calls are a few scripts a request, yet through redis-py each one pays for its Python
@@ -28,7 +30,8 @@ own classes, so code that tests for `redis.exceptions.NoScriptError` keeps worki
 Failures of the link itself raise `LeanConnectionError` (an `OSError`, and a redis-py
 `ConnectionError`) in every caller whose answer has not arrived: the connection was lost, the
 server closed it, a reply did not arrive within `reply_timeout` (`LeanTimeoutError`; the
-connection is dropped, since later answers could no longer be matched), or a connect/handshake
+connection is dropped, since later answers could no longer be matched: the callers behind it
+whose own time was not up get a plain LeanConnectionError), or a connect/handshake
 failed. A command whose caller got such an error may or may not have run (the store's scripts
 are safe to run twice). The next call reconnects (lazily: no background task, no backoff; the
 store's prober paces reconnects while the server is away).
@@ -43,249 +46,42 @@ redis-py, which remains the client for everything off the hot path.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import math
 import ssl as ssl_module
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Final, cast
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import hiredis
-from redis import exceptions as redis_exceptions
+from proxy.store.lean_commands import (
+    DEFAULT_PORT,
+    Arg,
+    Command,
+    LeanAuthenticationError,
+    LeanConnectionError,
+    LeanTimeoutError,
+    NoScriptError,
+    ResponseError,
+    Script,
+    ScriptCall,
+    Step,
+    pack_command,
+    pack_commands,
+)
+from proxy.store.lean_connection import LeanConnection, abort_transport
 
-Arg = bytes | str | int | float | memoryview
-Command = Sequence[Arg]  # e.g. (b"EVALSHA", sha, 2, key1, key2, arg1)
-
-DEFAULT_PORT: Final = 6379
-
-
-# -- errors ---------------------------------------------------------------------------------
-
-
-class ResponseError(redis_exceptions.ResponseError):
-    """An error reply from the server; the message is the server's own (`ERR …`, `WRONGTYPE …`)."""
-
-
-class NoScriptError(ResponseError, redis_exceptions.NoScriptError):
-    """NOSCRIPT: the server does not know this script (restarted, or SCRIPT FLUSH)."""
-
-
-class LeanConnectionError(redis_exceptions.ConnectionError, OSError):
-    """The link failed: no answer to this caller's commands, which may or may not have run."""
-
-
-class LeanTimeoutError(LeanConnectionError):
-    """No reply within the reply timeout (or no connection within the connect timeout)."""
-
-
-class LeanAuthenticationError(LeanConnectionError):
-    """The handshake (AUTH / SELECT / CLIENT SETNAME) was refused."""
-
-
-def _reply_error(message: str) -> Exception:
-    """hiredis calls this for every error reply (only for errors: no cost on the others)."""
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    return ResponseError(message)
-
-
-# -- scripts --------------------------------------------------------------------------------
-
-
-class Script:
-    """A Lua script by its SHA1: EVALSHA commands, and EVAL for the NOSCRIPT fallback."""
-
-    __slots__ = ("sha", "source")
-
-    def __init__(self, source: str | bytes) -> None:
-        self.source = source.encode() if isinstance(source, str) else source
-        self.sha = hashlib.sha1(self.source, usedforsecurity=False).hexdigest().encode()
-
-    def evalsha(self, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> tuple[Arg, ...]:
-        return (b"EVALSHA", self.sha, len(keys), *keys, *args)
-
-    def eval(self, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> tuple[Arg, ...]:
-        return (b"EVAL", self.source, len(keys), *keys, *args)
-
-    def call(self, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> ScriptCall:
-        return ScriptCall(self, keys, args)
-
-
-class ScriptCall:
-    """One run of a script in `execute_steps`: EVALSHA, re-run as EVAL on NOSCRIPT."""
-
-    __slots__ = ("args", "keys", "script")
-
-    def __init__(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg] = ()) -> None:
-        self.script = script
-        self.keys = keys
-        self.args = args
-
-
-Step = Command | ScriptCall
-
-
-# -- one connection -------------------------------------------------------------------------
-
-_INCOMPLETE: Final = object()  # hiredis' "no whole reply buffered yet"
-
-
-class _Waiter:
-    """One caller's share of the connection's answers: the next `count` replies."""
-
-    __slots__ = ("count", "deadline", "future", "replies")
-
-    def __init__(self, future: asyncio.Future[list[Any]], count: int, deadline: float) -> None:
-        self.future = future
-        self.count = count
-        self.deadline = deadline
-        self.replies: list[Any] = []
-
-
-class _Connection(asyncio.Protocol):
-    """One socket to the server. Callers `submit` packed commands; answers are matched to
-    them in order. Once `lost` is set the connection is finished: the client makes another."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, reply_timeout: float | None, where: str
-    ) -> None:
-        self._loop = loop
-        self._reply_timeout = reply_timeout
-        self._where = where
-        self._reader = hiredis.Reader(replyError=_reply_error, notEnoughData=_INCOMPLETE)
-        self._transport: asyncio.Transport | None = None
-        self._pending: deque[_Waiter] = deque()
-        self._out: list[bytes] = []
-        self._flush_scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle: asyncio.Future[None] | None = None
-        self._closed: asyncio.Future[None] = loop.create_future()
-        self.lost: str | None = None  # why the connection is finished (None while usable)
-
-    # asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (not an isinstance check: uvloop's transports are not asyncio.Transport subclasses)
-        self._transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        reader = self._reader
-        pending = self._pending
-        reader.feed(data)
-        try:
-            while (reply := reader.gets()) is not _INCOMPLETE:
-                waiter = pending[0]
-                replies = waiter.replies
-                replies.append(reply)
-                if len(replies) == waiter.count:
-                    pending.popleft()
-                    if not waiter.future.done():  # a cancelled caller: the reply is dropped
-                        waiter.future.set_result(replies)
-        except IndexError:  # a reply nobody asked for: the stream can no longer be trusted
-            self._abort(LeanConnectionError, "a reply arrived that no command was waiting for")
-        except hiredis.ProtocolError as exc:
-            self._abort(LeanConnectionError, f"protocol error: {exc}")
-        if not pending and self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-
-    def eof_received(self) -> bool:
-        return False  # the server closed its side: close ours (connection_lost follows)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.lost is None:
-            reason = f"connection lost: {exc}" if exc else "connection closed by the server"
-            self._finish(LeanConnectionError, reason)
-        if not self._closed.done():
-            self._closed.set_result(None)
-
-    # the callers' side
-
-    def submit(self, payload: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Queue packed commands (`count` of them) for this loop turn's write; the future
-        resolves with their `count` replies, errors as values."""
-        if self.lost is not None:
-            raise LeanConnectionError(f"{self._where}: {self.lost}")
-        loop = self._loop
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        timeout = self._reply_timeout
-        deadline = loop.time() + timeout if timeout is not None else math.inf
-        self._pending.append(_Waiter(future, count, deadline))
-        self._out.append(payload)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        if self._timer is None and timeout is not None:
-            # One timer at a time, never cancelled: it re-arms itself for the oldest waiter.
-            self._timer = loop.call_at(deadline, self._check_deadline)
-        return future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out, self._out = self._out, []
-        if out and self.lost is None and self._transport is not None:
-            self._transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def _check_deadline(self) -> None:
-        self._timer = None
-        if not self._pending or self.lost is not None:
-            return
-        deadline = self._pending[0].deadline
-        if self._loop.time() >= deadline:
-            self._abort(LeanTimeoutError, f"no reply within {self._reply_timeout}s")
-        else:
-            self._timer = self._loop.call_at(deadline, self._check_deadline)
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    async def wait_idle(self) -> None:
-        """Until every answer asked for so far has arrived (or the connection is lost)."""
-        while self._pending and self.lost is None:
-            if self._idle is None or self._idle.done():
-                self._idle = self._loop.create_future()
-            await asyncio.wait([self._idle, self._closed], return_when=asyncio.FIRST_COMPLETED)
-
-    async def close(self, reason: str = "client closed") -> None:
-        self._abort(LeanConnectionError, reason, graceful=True)
-        await asyncio.shield(self._closed)
-
-    # failing
-
-    def _finish(self, kind: type[LeanConnectionError], reason: str) -> None:
-        """Mark the connection finished and fail every waiting caller (each its own error)."""
-        self.lost = reason
-        self._out = []
-        pending, self._pending = self._pending, deque()
-        for waiter in pending:
-            if not waiter.future.done():
-                waiter.future.set_exception(kind(f"{self._where}: {reason}"))
-        if self._idle is not None and not self._idle.done():
-            self._idle.set_result(None)
-
-    def _abort(
-        self, kind: type[LeanConnectionError], reason: str, *, graceful: bool = False
-    ) -> None:
-        if self.lost is None:
-            self._finish(kind, reason)
-        transport = self._transport
-        if transport is None:
-            if not self._closed.done():
-                self._closed.set_result(None)
-        elif graceful:
-            transport.close()
-        else:
-            transport.abort()
-
-
-# hiredis' stub types the argument as a 1-tuple; it takes a tuple of any length.
-_pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
-
-
-def _pack(commands: Sequence[Command]) -> bytes:
-    pack = _pack_command
-    return b"".join([pack(c if type(c) is tuple else tuple(c)) for c in commands])
+__all__ = [
+    "DEFAULT_PORT",
+    "Arg",
+    "Command",
+    "LeanAuthenticationError",
+    "LeanClient",
+    "LeanConnectionError",
+    "LeanTimeoutError",
+    "NoScriptError",
+    "ResponseError",
+    "Script",
+    "ScriptCall",
+    "Step",
+]
 
 
 # -- the client -----------------------------------------------------------------------------
@@ -324,8 +120,8 @@ class LeanClient:
         self.connect_timeout = connect_timeout
         self.reply_timeout = reply_timeout
         self.where = unix_socket_path or f"{host}:{port}"
-        self._connection: _Connection | None = None
-        self._connecting: asyncio.Task[_Connection] | None = None
+        self._connection: LeanConnection | None = None
+        self._connecting: asyncio.Task[LeanConnection] | None = None
         self._closed = False
         self.connects = 0  # connections made (the first one included)
 
@@ -423,9 +219,9 @@ class LeanClient:
         count = len(commands)
         if count == 1:
             command = commands[0]
-            payload = _pack_command(command if type(command) is tuple else tuple(command))
+            payload = pack_command(command if type(command) is tuple else tuple(command))
         elif count:
-            payload = _pack(commands)
+            payload = pack_commands(commands)
         else:
             return []
         connection = self._connection
@@ -516,7 +312,7 @@ class LeanClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _connect_shared(self) -> _Connection:
+    async def _connect_shared(self) -> LeanConnection:
         """The current connection, or one made now: concurrent callers share one attempt."""
         if self._closed:
             raise LeanConnectionError(f"{self.where}: client closed")
@@ -531,19 +327,19 @@ class LeanClient:
         # shielded: a caller that gives up does not cancel the others' attempt
         return await asyncio.shield(task)
 
-    def _connect_done(self, task: asyncio.Task[_Connection]) -> None:
+    def _connect_done(self, task: asyncio.Task[LeanConnection]) -> None:
         if self._connecting is task:
             self._connecting = None
         if not task.cancelled():
             task.exception()  # retrieved: an attempt nobody awaits any more logs nothing
 
-    async def _connect(self) -> _Connection:
+    async def _connect(self) -> LeanConnection:
         loop = asyncio.get_running_loop()
         where = self.where
         transport: asyncio.BaseTransport | None = None
 
-        def factory() -> _Connection:
-            return _Connection(loop, self.reply_timeout, where)
+        def factory() -> LeanConnection:
+            return LeanConnection(loop, self.reply_timeout, where)
 
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -561,24 +357,24 @@ class LeanClient:
                     )
                 handshake = self._handshake()
                 if handshake:
-                    replies = await connection.submit(_pack(handshake), len(handshake))
+                    replies = await connection.submit(pack_commands(handshake), len(handshake))
                     for command, reply in zip(handshake, replies, strict=True):
                         if isinstance(reply, Exception):  # (never the password in a message)
                             name = command[0].decode()
                             raise LeanAuthenticationError(f"{where}: {name} refused: {reply}")
         except LeanConnectionError:
-            _close(transport)
+            abort_transport(transport)
             raise
         except TimeoutError:
-            _close(transport)
+            abort_transport(transport)
             raise LeanTimeoutError(
                 f"{where}: no connection within {self.connect_timeout}s"
             ) from None
         except OSError as exc:
-            _close(transport)
+            abort_transport(transport)
             raise LeanConnectionError(f"{where}: connect failed: {exc}") from exc
         except BaseException:
-            _close(transport)
+            abort_transport(transport)
             raise
         if self._closed:
             await connection.close()
@@ -615,8 +411,3 @@ def _tls_context(query: dict[str, str]) -> ssl_module.SSLContext:
     elif reqs != "required":
         raise ValueError(f"ssl_cert_reqs must be required, optional or none, not {reqs!r}")
     return context
-
-
-def _close(transport: asyncio.BaseTransport | None) -> None:
-    if transport is not None:
-        cast(asyncio.Transport, transport).abort()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,11 +22,12 @@ from redis.exceptions import NoScriptError
 
 from proxy.guard.dedup import DedupRecord, RecordState, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
-from proxy.store import keys, scripts
+from proxy.store import codec, keys, scripts
 from proxy.store.batching import AutoPipeline, Step
+from proxy.store.lean import LeanClient
+from proxy.store.lean_path import LeanPath
 
 RedisClient = Redis | RedisCluster
-MESSAGE_INDEX_TTL_MS = 7 * 86_400_000
 # A cluster client opens at most this many connections per node (redis-py raises
 # MaxConnectionsError past it); concurrent store operations are bounded well below it, so a
 # burst of sends waits for a connection instead of failing. Each operation holds up to
@@ -66,6 +66,10 @@ class SendRef:
     def record(self) -> str:
         return keys.dedup_record(self.tag, self.dedup_id)
 
+    @property
+    def ledger_member(self) -> str:
+        return codec.ledger_member(self.tag, self.dedup_id)
+
 
 @dataclass(frozen=True)
 class ClaimRequest:
@@ -97,7 +101,7 @@ class ClaimResult:
 @dataclass(frozen=True)
 class RecipientSnapshot:
     suppressions: dict[str, Suppression]  # scope field -> what was learned (may have expired)
-    breaker: dict[str, str]  # open_until, trips, probe… as stored
+    breaker: codec.BreakerState
     send_times_ms: tuple[int, ...]  # sends in the longest window, by store time
 
 
@@ -124,8 +128,11 @@ def key_lookup_id(account_sid: str, idempotency_key: str) -> str:
 
 
 class SendStore:
-    def __init__(self, redis: RedisClient) -> None:
+    def __init__(self, redis: RedisClient, lean: LeanClient | None = None) -> None:
+        """`lean`: the hot path's client for a standalone or embedded store (lean_path.py),
+        owned by the store from now on (`aclose`); None keeps everything on redis-py."""
         self.redis = redis
+        self.lean = LeanPath(lean) if lean is not None else None
         # register_script: EVALSHA with a transparent SCRIPT LOAD on NOSCRIPT (store restarts).
         self._claim = redis.register_script(scripts.CLAIM)
         self._complete = redis.register_script(scripts.COMPLETE)
@@ -165,24 +172,33 @@ class SendStore:
         ]
         args: list[str | int] = [
             request.token,
-            request.payload_hash,
             request.lease_ms,
             request.ttl_ms,
             request.slide_ms,
-            json.dumps(request.meta),
             ",".join(str(ms) for ms in request.window_ms),
             request.keep_ms,
             "\n".join(request.scopes),
+            *codec.claim_fields(request.payload_hash, request.meta, by_key=request.key_index),
         ]
         key_owner: str | None = None
         replicas: int | None = None
+        # (WAIT for replicas must not hold the multiplexed connection: such claims stay on
+        # redis-py, WAIT on the claim's own connection.)
+        lean = self.lean if not request.min_replicas else None
         async with self._call():
             if request.key_index:
                 index_key = keys.key_index(ref.dedup_id)
-                index_value = f"{ref.tag} {request.payload_hash}"
+                index_value = codec.encode_key_owner(ref.tag, request.payload_hash)
                 lookup_key = keys.key_ref(request.key_lookup_id)
-                lookup_value = f"{ref.tag} {ref.dedup_id}"
-                if isinstance(self.redis, RedisCluster):
+                lookup_value = codec.encode_index(ref.tag, ref.dedup_id)
+                if lean is not None:
+                    # (A dropped connection re-runs all three: as harmless as below.)
+                    owner, reply, _ = await lean.run(
+                        (b"SET", index_key, index_value, b"NX", b"GET", b"PX", request.ttl_ms),
+                        lean.claim.call(claim_keys, args),
+                        (b"SET", lookup_key, lookup_value, b"PX", request.ttl_ms),
+                    )
+                elif isinstance(self.redis, RedisCluster):
                     # Cluster pipelines refuse scripts: concurrent calls, one round trip.
                     owner, reply, _ = await asyncio.gather(
                         self.redis.set(
@@ -202,7 +218,9 @@ class SendStore:
                         (self._claim, claim_keys, args),
                         lambda pipe: pipe.set(lookup_key, lookup_value, px=request.ttl_ms),
                     )
-                key_owner = cast(bytes, owner).decode() if owner else None
+                key_owner = codec.decode_key_owner(cast(bytes, owner)) if owner else None
+            elif lean is not None:
+                reply = await lean.script(lean.claim, claim_keys, args)
             elif self._batch is None:
                 reply = await self._claim(keys=claim_keys, args=args)
             else:
@@ -212,10 +230,10 @@ class SendStore:
         reply = cast(list[bytes], reply)
         now_ms = int(reply[1])
         if reply[0] == b"claimed":
-            state = RecipientState.from_script(json.loads(reply[2]), request.token)
+            state = codec.decode_recipient_state(reply[2], request.token)
             return ClaimResult(True, now_ms, None, state, key_owner, replicas)
-        fields = {reply[i].decode(): reply[i + 1] for i in range(2, len(reply), 2)}
-        return ClaimResult(False, now_ms, DedupRecord.from_hash(fields), None, key_owner)
+        record = codec.decode_record(codec.fields_from_reply(reply[2:]))
+        return ClaimResult(False, now_ms, record, None, key_owner)
 
     async def _claim_pipelined(
         self, request: ClaimRequest, *steps: Step
@@ -251,6 +269,14 @@ class SendStore:
     async def drain(self) -> None:
         if self._batch is not None:
             await self._batch.drain()
+        if self.lean is not None:
+            await self.lean.drain()
+
+    async def aclose(self) -> None:
+        """Close what the store owns: the lean connection (the redis-py client is its
+        maker's). After the settlement journal's last writes: a closed client stays closed."""
+        if self.lean is not None:
+            await self.lean.aclose()
 
     async def complete(
         self,
@@ -266,42 +292,48 @@ class SendStore:
     ) -> int:
         """Store the answer; `uncount` takes the send out of the recipient's send log (a
         definite refusal: nothing reached a person)."""
-        lines = "\n".join(f"{field}\t{s.to_json()}\t{ttl}" for field, s, ttl in learned)
         args: list[str | int | bytes] = [
             token,
-            response.status,
-            json.dumps(list(response.headers)),
-            response.body,
-            message_sid,
             ttl_ms,
-            content,
-            lines,
+            codec.learned_lines(learned),
             "1" if uncount else "0",
+            *codec.answer_fields(response, message_sid),
         ]
         complete_keys = [
             ref.record,
             keys.recipient_breaker(ref.tag),
             keys.recipient_suppressions(ref.tag),
-            keys.recipient_messages(ref.tag),
             keys.recipient_sends(ref.tag),
         ]
+        # The SID index (admin lookups; a status callback's content field) rides along in the
+        # same round trip.
+        sid_key = keys.message_ref(message_sid)
+        sid_value = codec.encode_index(ref.tag, ref.dedup_id, content)
+        sid_ttl_ms = codec.sid_index_ttl_ms(ttl_ms, content)
+        lean = self.lean
         async with self._call():
+            if lean is not None:
+                if not message_sid:
+                    return int(await lean.script(lean.complete, complete_keys, args))
+                done, _ = await lean.run(
+                    lean.complete.call(complete_keys, args),
+                    (b"SET", sid_key, sid_value, b"PX", sid_ttl_ms),
+                )
+                return int(done)
             if not message_sid:
                 if self._batch is None:
                     return int(await self._complete(keys=complete_keys, args=args))
                 (done,) = await self._pipelined((self._complete, complete_keys, args))
                 return int(done)
-            # The SID index (for the admin API) rides along in the same round trip.
-            sid_key, sid_value = keys.message_ref(message_sid), f"{ref.tag} {ref.dedup_id}"
             if isinstance(self.redis, RedisCluster):
                 done, _ = await asyncio.gather(
                     self._complete(keys=complete_keys, args=args),
-                    self.redis.set(sid_key, sid_value, px=ttl_ms),
+                    self.redis.set(sid_key, sid_value, px=sid_ttl_ms),
                 )
             else:
                 done, _ = await self._pipelined(
                     (self._complete, complete_keys, args),
-                    lambda pipe: pipe.set(sid_key, sid_value, px=ttl_ms),
+                    lambda pipe: pipe.set(sid_key, sid_value, px=sid_ttl_ms),
                 )
             return int(done)
 
@@ -311,6 +343,8 @@ class SendStore:
         release_keys = [ref.record, keys.recipient_sends(ref.tag), keys.recipient_breaker(ref.tag)]
         args: list[str | int] = [token, trip_ms, breaker_ttl_ms]
         async with self._call():
+            if self.lean is not None:
+                return bool(await self.lean.script(self.lean.release, release_keys, args))
             return bool(await self._release(keys=release_keys, args=args))
 
     async def mark_unknown(
@@ -319,11 +353,14 @@ class SendStore:
         args: list[str | int] = [token, reason, ttl_ms, "1" if require_expired else "0"]
         mark_keys = [ref.record, keys.recipient_breaker(ref.tag)]
         async with self._call():
-            marked = int(await self._mark_unknown(keys=mark_keys, args=args))
+            if self.lean is not None:
+                marked = int(await self.lean.script(self.lean.mark_unknown, mark_keys, args))
+            else:
+                marked = int(await self._mark_unknown(keys=mark_keys, args=args))
             if marked:
                 # The operator's ledger (another slot: its own command, after the mark).
                 await self.redis.zadd(
-                    keys.unknown_ledger(), {f"{ref.tag} {ref.dedup_id}": _now_ms()}, nx=True
+                    keys.unknown_ledger(), {ref.ledger_member: _now_ms()}, nx=True
                 )
             return marked
 
@@ -338,20 +375,13 @@ class SendStore:
     async def resolve_found(
         self, ref: SendRef, response: StoredResponse, message_sid: str, ttl_ms: int
     ) -> bool:
-        args: list[str | int | bytes] = [
-            response.status,
-            json.dumps(list(response.headers)),
-            response.body,
-            message_sid,
-            ttl_ms,
-        ]
+        args: list[str | int | bytes] = [ttl_ms, *codec.answer_fields(response, message_sid)]
         async with self._call():
             done = bool(await self._resolve_found(keys=[ref.record], args=args))
             if done:
-                await self.redis.set(
-                    keys.message_ref(message_sid), f"{ref.tag} {ref.dedup_id}", px=ttl_ms
-                )
-                await self.redis.zrem(keys.unknown_ledger(), f"{ref.tag} {ref.dedup_id}")
+                index = codec.encode_index(ref.tag, ref.dedup_id)
+                await self.redis.set(keys.message_ref(message_sid), index, px=ttl_ms)
+                await self.redis.zrem(keys.unknown_ledger(), ref.ledger_member)
             return done
 
     async def note_sid(self, ref: SendRef, message_sid: str, reason: str) -> bool:
@@ -367,7 +397,7 @@ class SendStore:
         async with self._call():
             released = bool(await self._release_unknown(keys=release_keys, args=[]))
             if released:
-                await self.redis.zrem(keys.unknown_ledger(), f"{ref.tag} {ref.dedup_id}")
+                await self.redis.zrem(keys.unknown_ledger(), ref.ledger_member)
             return released
 
     async def resend_claim(
@@ -386,8 +416,7 @@ class SendStore:
                 list[bytes], await self.redis.zrange(keys.unknown_ledger(), 0, limit * 2)
             )
             for member in members:
-                tag, _, dedup_id = member.decode().partition(" ")
-                ref = SendRef(tag, dedup_id)
+                ref = SendRef(*codec.parse_ledger_member(member))
                 record = await self.get(ref)
                 if record is None or record.state is not RecordState.UNKNOWN:
                     await self.redis.zrem(keys.unknown_ledger(), member)
@@ -412,21 +441,31 @@ class SendStore:
         for (window_ms, _), limit in zip(slots, limits, strict=True):
             args += [limit, window_ms * 2]  # kept past its window: Retry-After stays readable
         async with self._call():
-            reply = cast(list[int], await self._account_admit(keys=admit_keys, args=args))
+            if self.lean is not None:
+                reply = await self.lean.script(self.lean.account_admit, admit_keys, args)
+            else:
+                reply = await self._account_admit(keys=admit_keys, args=args)
+            reply = cast(list[int], reply)
         return tuple(int(count) for count in reply[1:])
 
     async def unadmit_account(self, account_sid: str, slots: Sequence[tuple[int, int]]) -> None:
         """Undo `admit_account` for one send (Twilio refused it: nothing was sent)."""
         unadmit_keys = [keys.account_sends(account_sid, ms, index) for ms, index in slots]
         async with self._call():
-            await self._account_unadmit(keys=unadmit_keys, args=[])
+            if self.lean is not None:
+                await self.lean.script(self.lean.account_unadmit, unadmit_keys, [])
+            else:
+                await self._account_unadmit(keys=unadmit_keys, args=[])
 
     async def get(self, ref: SendRef) -> DedupRecord | None:
         async with self._call():
-            raw = cast(dict[bytes, bytes], await self.redis.hgetall(ref.record))
+            if self.lean is not None:
+                raw = await self.lean.hgetall(ref.record)
+            else:
+                raw = cast(dict[bytes, bytes], await self.redis.hgetall(ref.record))
         if not raw:
             return None
-        return DedupRecord.from_hash({k.decode(): v for k, v in raw.items()})
+        return codec.decode_record(codec.fields_of(raw))
 
     async def add_suppression(
         self, tag: str, field: str, suppression: Suppression, ttl_ms: int
@@ -434,18 +473,23 @@ class SendStore:
         """Learned outside a send (a fetched Message, a status callback)."""
         key = keys.recipient_suppressions(tag)
         async with translate_store_errors(), self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, field, suppression.to_json())
+            pipe.hset(key, field, codec.encode_suppression(suppression))
             pipe.pexpire(key, ttl_ms, gt=True)
             pipe.pexpire(key, ttl_ms, nx=True)
             await pipe.execute()
 
     async def content_of(self, tag: str, message_sid: str) -> str | None:
-        """The message-scope field recorded for a SID when its send completed."""
+        """The message-scope field recorded for a SID when its send completed, if the SID is
+        one of this recipient's sends."""
         async with translate_store_errors():
-            raw = cast(
-                bytes | None, await self.redis.hget(keys.recipient_messages(tag), message_sid)
-            )
-        return raw.decode() if raw else None
+            raw = cast(bytes | None, await self.redis.get(keys.message_ref(message_sid)))
+            if raw is not None:
+                indexed = codec.decode_index(raw)
+                if indexed.tag == tag and indexed.content:
+                    return indexed.content
+            # Sends completed before the SID index carried it: the recipient's legacy hash.
+            legacy = await self.redis.hget(keys.recipient_messages(tag), message_sid)
+        return cast(bytes, legacy).decode() if legacy else None
 
     # -- the admin path: lookups and operator changes, never on the hot path -----------------
 
@@ -455,8 +499,8 @@ class SendStore:
             raw = cast(bytes | None, await self.redis.get(index))
         if not raw:
             return None
-        tag, _, dedup_id = raw.decode().partition(" ")
-        return SendRef(tag, dedup_id)
+        indexed = codec.decode_index(raw)
+        return SendRef(indexed.tag, indexed.dedup_id)
 
     async def recipient_snapshot(self, tag: str) -> RecipientSnapshot:
         async with translate_store_errors():
@@ -471,8 +515,8 @@ class SendStore:
                 await self.redis.zrange(keys.recipient_sends(tag), 0, -1, withscores=True),
             )
         return RecipientSnapshot(
-            suppressions={k.decode(): Suppression.from_json(v) for k, v in suppressions.items()},
-            breaker={k.decode(): v.decode() for k, v in breaker.items()},
+            suppressions={k.decode(): codec.decode_suppression(v) for k, v in suppressions.items()},
+            breaker=codec.decode_breaker(breaker),
             send_times_ms=tuple(int(score) for _, score in sends),
         )
 

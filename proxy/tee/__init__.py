@@ -6,16 +6,13 @@ that carries the app's own URL and the send it was made for (account, recipient 
 in an HMAC-signed token (rewrite.py, urls.py). Twilio's callbacks then reach sendguard, which
 verifies their `X-Twilio-Signature` with the bound account's auth token (tokens.py, signing.py),
 lets the guard learn the delivery outcome for the bound recipient only, and forwards each
-callback to the app's URL with a fresh signature the app's own validator accepts (handler.py).
+callback to the app's URL with a fresh signature the app's own validator accepts (handler.py:
+the I/O; inbound.py: the pure reading and judging of a callback; dedup.py: redeliveries).
 """
 
-from proxy.tee.handler import (
-    CallbackDeduper,
-    CallbackLearner,
-    CallbackTee,
-    DeliveryStatus,
-    MemoryCallbackDeduper,
-)
+from proxy.tee.dedup import CallbackDeduper, MemoryCallbackDeduper
+from proxy.tee.handler import CallbackLearner, CallbackTee
+from proxy.tee.inbound import DeliveryStatus
 from proxy.tee.rewrite import encode_form, rewrite_status_callback
 from proxy.tee.signing import compute_signature, signature_matches
 from proxy.tee.tokens import AuthTokenBook

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from proxy import __version__, cli
+from proxy.cli import serve as serve_module
 from proxy.settings import Settings
 from tests.paths import REPO_ROOT
 
@@ -112,9 +113,17 @@ def test_flags_override_env_and_file(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_every_setting_has_a_flag() -> None:
-    for command in (cli.serve, cli.check_config):
+    for command in (serve_module.serve, serve_module.check_config):
         names = {param.name for param in command.params}
         assert set(Settings.model_fields) | {"config"} <= names
+
+
+def test_help_shows_parsed_defaults_as_written() -> None:
+    text = " ".join(run("serve", "--help").stdout.split())  # click wraps the help lines
+    assert "SENDGUARD_LISTEN; default: 127.0.0.1:8080]" in text
+    assert "SENDGUARD_RECIPIENT_LIMITS; default: 5/min,20/h,50/day]" in text
+    assert "SENDGUARD_ACCOUNT_LIMITS; default: off]" in text
+    assert "SENDGUARD_KILL_SWITCH]" in text  # unset by default: no default shown
 
 
 def test_serve_with_invalid_flag_exits_2_before_importing_the_server(
@@ -123,7 +132,7 @@ def test_serve_with_invalid_flag_exits_2_before_importing_the_server(
     def no_import(name: str) -> types.ModuleType:
         raise AssertionError(f"imported {name} despite an invalid configuration")
 
-    monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=no_import))
+    monkeypatch.setattr(serve_module, "importlib", types.SimpleNamespace(import_module=no_import))
     result = run("serve", "--upstream-pool-size", "zero")
     assert result.exit_code == 2
     assert "upstream_pool_size" in result.stderr
@@ -140,10 +149,10 @@ def test_serve_passes_settings_and_exit_code(monkeypatch: pytest.MonkeyPatch) ->
         assert name == "proxy.server.run"
         return types.SimpleNamespace(serve=fake_serve)
 
-    monkeypatch.setattr(cli, "importlib", types.SimpleNamespace(import_module=fake_import))
+    monkeypatch.setattr(serve_module, "importlib", types.SimpleNamespace(import_module=fake_import))
     result = run("serve", "--listen", "127.0.0.1:0", "--upstream", "sandbox")
     assert result.exit_code == 3
-    assert [(s.listen_port, s.upstream) for s in received] == [(0, "sandbox")]
+    assert [(s.listen.port, s.upstream) for s in received] == [(0, "sandbox")]
 
 
 def test_python_dash_m_proxy_help() -> None:

@@ -22,7 +22,7 @@ import aiohttp
 import click
 import pytest
 
-from proxy.cli_admin import AdminClient, Unreachable, default_admin_url
+from proxy.cli.admin_client import AdminClient, Unreachable, default_admin_url
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
 from tests.harness import ACCOUNT, MESSAGES, SENDER, ProxyInstance, basic_auth, post_send

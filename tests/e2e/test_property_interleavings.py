@@ -78,6 +78,7 @@ from hypothesis.stateful import (
 
 from proxy.guard.dedup import DedupRecord, RecordState
 from proxy.guard.facts import build_facts
+from proxy.guard.outcome import StoreAction
 from proxy.sandbox import Fault, SandboxState, start_sandbox
 from proxy.server.app import RUNTIME
 from proxy.store import codec
@@ -684,7 +685,7 @@ class Case:
         runtime = instance.app[RUNTIME]
         journal = getattr(runtime, "journal", None)
         pending = journal.pending(ref) if journal is not None else None
-        if pending is not None and getattr(pending.action, "value", "") == "mark_unknown":
+        if pending is not None and pending.action is StoreAction.MARK_UNKNOWN:
             return ""  # still owed to the store by the instance that answered
         local = getattr(getattr(runtime, "failover", None), "_local", None)
         if local is not None:

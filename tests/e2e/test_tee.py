@@ -8,8 +8,9 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, overload
 from urllib.parse import parse_qsl, urlsplit
 
 import aiohttp
@@ -22,6 +23,7 @@ from twilio.request_validator import RequestValidator
 from proxy.guard.facts import recipient_tag
 from proxy.sandbox import SandboxState, start_sandbox
 from proxy.sandbox.faults import Fault
+from proxy.server.middleware import proxy_middleware
 from proxy.tee import (
     CALLBACK_PATH_PREFIX,
     AuthTokenBook,
@@ -200,14 +202,15 @@ async def start_tee(
     timeout: float = 2.0,
     deduper: MemoryCallbackDeduper | None = None,
 ) -> tuple[web.AppRunner, Tee, aiohttp.ClientSession]:
-    """A tiny app with the tee mounted at CALLBACK_PATH_PREFIX + "{token}". With no public URL,
-    the tee's own base URL is used (for the sandbox, which really calls it)."""
+    """A tiny app with the tee mounted at CALLBACK_PATH_PREFIX + "{token}", behind the proxy's
+    middleware (which renders the refusals the tee raises). With no public URL, the tee's own
+    base URL is used (for the sandbox, which really calls it)."""
     holder: dict[str, CallbackTee] = {}
 
     async def handle(request: web.Request) -> web.StreamResponse:
         return await holder["tee"].handle(request)
 
-    app = web.Application()
+    app = web.Application(middlewares=[proxy_middleware])
     app.router.add_route("*", CALLBACK_PATH_PREFIX + "{token}", handle)
     runner, base = await serve(app)
     session = aiohttp.ClientSession()
@@ -236,12 +239,38 @@ async def tee() -> AsyncIterator[Tee]:
     await session.close()
 
 
+class TeeEvents(Sequence[dict[str, Any]]):
+    """The tee's own lines among the captured ones, as they come (the middleware in front of
+    it may log its `request_finished` line too)."""
+
+    def __init__(self, captured: list[dict[str, Any]]) -> None:
+        self._captured = captured
+
+    def _events(self) -> list[dict[str, Any]]:
+        return [e for e in self._captured if e["event"] == tee_handler.CALLBACK_FINISHED]
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        return self._events()[index]
+
+    def __len__(self) -> int:
+        return len(self._events())
+
+    def __repr__(self) -> str:
+        return repr(self._events())
+
+
 @pytest.fixture
 def tee_logs(monkeypatch: pytest.MonkeyPatch):
     """Events the tee logs (a fresh logger, so earlier logging configuration does not matter)."""
     with structlog.testing.capture_logs() as captured:
         monkeypatch.setattr(tee_handler, "log", structlog.get_logger("sendguard.tee"))
-        yield captured
+        yield TeeEvents(captured)
 
 
 def validates_for_app(received: Received, original_url: str) -> bool:
@@ -490,6 +519,27 @@ async def test_body_that_is_not_form_data_is_refused(tee, receiver):
     assert status == 400
     assert twilio_error(body, 400)["code"] == 79011
     assert receiver.received == []
+
+
+async def test_a_bug_in_the_tee_is_a_twilio_shaped_500_logged_with_its_type(
+    tee, receiver, tee_logs, monkeypatch
+):
+    def broken(account_sid: str) -> list[str]:
+        raise KeyError(account_sid)
+
+    monkeypatch.setattr(tee.tokens, "tokens_for", broken)
+    status, body = await tee.post(tee.wrap(receiver.url()))
+    assert status == 500
+    assert twilio_error(body, 500)["code"] == 79030
+    assert "AC" not in body.decode()  # never the exception's text
+    assert receiver.received == []
+    [event] = tee_logs
+    assert (event["outcome"], event["failure"], event["http_status"]) == (
+        "internal-error",
+        "KeyError",
+        500,
+    )
+    assert event["log_level"] == "error"
 
 
 class BrokenDeduper(MemoryCallbackDeduper):

@@ -239,7 +239,7 @@ async def test_scripts_fall_back_to_eval_on_noscript(client: LeanClient) -> None
 async def test_the_claim_script_runs_as_send_store_calls_it(client: LeanClient) -> None:
     claim = Script(scripts.CLAIM)
     claim_keys = ["sg:2:{t}:rec:d", "sg:2:{t}:sends", "sg:2:{t}:breaker", "sg:2:{t}:suppressed"]
-    args: list[str | int] = ["tok", "hash", 30000, 60000, 0, "{}", "60000", 60000, "to"]
+    args: list[str | int] = ["tok", 30000, 60000, 0, "60000", 60000, "to", "mt", "+1"]
     first = await client.run_script(claim, claim_keys, args)
     assert first[0] == b"claimed" and isinstance(first[1], int)
     again = await client.run_script(claim, claim_keys, ["tok2", *args[1:]])
@@ -348,6 +348,23 @@ async def test_reply_timeout_drops_the_connection(fault: FaultProxy) -> None:
         # the late answers went to the dropped connection, never to a later caller
         assert await lean.execute("ECHO", "fresh") == b"fresh"
         assert await lean.execute("GET", "n") == b"1"
+
+
+async def test_callers_behind_a_timed_out_reply_only_lose_the_connection(
+    fault: FaultProxy,
+) -> None:
+    """Their own time was not up: a plain LeanConnectionError, which the store retries."""
+    async with LeanClient(port=fault.port, reply_timeout=0.4) as lean:
+        await lean.connect()
+        fault.stall(1.0)
+        first = asyncio.ensure_future(lean.execute("ECHO", "first"))
+        await asyncio.sleep(0.2)
+        later = asyncio.ensure_future(lean.execute("ECHO", "later"))
+        results = await asyncio.gather(first, later, return_exceptions=True)
+        assert isinstance(results[0], LeanTimeoutError), results
+        assert isinstance(results[1], LeanConnectionError), results
+        assert not isinstance(results[1], LeanTimeoutError), results
+        fault.unstall()
 
 
 async def test_reply_timeout_counts_from_each_call(client: LeanClient) -> None:

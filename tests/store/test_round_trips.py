@@ -1,15 +1,18 @@
 """SPEC §6 store budget: passthrough 0 round trips, fresh send 2, replay 1.
 
-Counted on the proxy's own store client: every command or pipeline it sends takes one
-connection from the pool for one request/answer exchange, so connections taken = round trips.
-(A pipelined index write rides along with its script: same exchange, not another round trip.)
-The kill switch board has its own client, whose background resync is per instance, not per
-request.
+Counted on both of the proxy's own store clients. redis-py: every command or pipeline takes
+one connection from the pool for one request/answer exchange, so connections taken = round
+trips. The lean client (the hot path on a standalone store, lean_path.py): every
+`execute_batch` is one write of its commands and the wait for their answers on the multiplexed
+connection, one round trip (other sends' commands may share the write; here requests are
+sequential). A pipelined index write rides along with its script: same exchange, not another
+round trip. The kill switch board has its own client, whose background resync is per
+instance, not per request.
 """
 
 from __future__ import annotations
 
-from proxy.server.app import REDIS
+from proxy.server.app import REDIS, RUNTIME
 from tests.harness import SENDER, post_send
 
 
@@ -19,6 +22,8 @@ async def test_store_round_trips_per_request_kind(proxies, fake_twilio, shared_r
     keyed = {"To": "+15558675311", "From": SENDER, "Body": "budget"}
     await post_send(http, proxy.url, {**form, "Body": "warm-up"})  # loads the scripts once
     await post_send(http, proxy.url, {**keyed, "Body": "warm-up"}, key="warm-up")
+    runtime = proxy.app[RUNTIME]
+    await runtime.journal.flush(5)  # the warm-ups' completes are written after their answers
     pool = proxy.app[REDIS].connection_pool
     taken = 0
     original = pool.get_connection
@@ -29,11 +34,22 @@ async def test_store_round_trips_per_request_kind(proxies, fake_twilio, shared_r
         return await original(*args, **kwargs)
 
     pool.get_connection = counting_get_connection  # type: ignore[method-assign]
+    lean = runtime.store.lean
+    assert lean is not None, "a standalone store's hot path runs on the lean client"
+    original_batch = lean.client.execute_batch
+
+    async def counting_execute_batch(*args, **kwargs):
+        nonlocal taken
+        taken += 1
+        return await original_batch(*args, **kwargs)
+
+    lean.client.execute_batch = counting_execute_batch  # type: ignore[method-assign]
 
     async def round_trips(action) -> int:
         nonlocal taken
         taken = 0
         await action()
+        await runtime.journal.flush(5)  # a fresh send's complete is written after its answer
         return taken
 
     async def passthrough_get() -> None:

@@ -75,6 +75,19 @@ async def test_complete_is_owner_only_and_idempotent(redis_client):
     assert await store.content_of("rTAG", "SM1") == "msg:x"
 
 
+async def test_the_sid_index_finds_the_send_and_its_content_for_its_recipient_only(redis_client):
+    store = SendStore(redis_client)
+    await store.claim(REF, request())
+    await complete(store)
+    assert await store.find_ref(message_sid="SM1") == REF
+    assert await store.content_of("rOTHER", "SM1") is None  # not that recipient's message
+    # A callback may come long after a fingerprint's record is gone: the content stays.
+    assert await redis_client.pttl(keys.message_ref("SM1")) > 600_000
+    # Sends completed before the SID index carried the content: the recipient's old hash.
+    await redis_client.hset(keys.recipient_messages("rOLD"), "SM9", "msg:old")
+    assert await store.content_of("rOLD", "SM9") == "msg:old"
+
+
 async def test_complete_on_a_missing_record_does_not_create_one(redis_client):
     store = SendStore(redis_client)
     assert await complete(store, ref=SendRef("rTAG", "gone")) == 0

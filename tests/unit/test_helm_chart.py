@@ -465,7 +465,7 @@ def test_config_and_secrets_reach_the_container(charts, monkeypatch):
     assert secret["type"] == "Opaque"
     # sendguard's own loader accepts what the chart renders, value by value.
     settings = settings_from(env, monkeypatch)
-    assert settings.kill_switch == f"global,account:{ACCOUNT}"
+    assert str(settings.kill_switch) == f"global,account:{ACCOUNT}"
     assert settings.redis_url == "rediss://:s3cret@redis.example:6379/0"
     assert (
         settings.admin_token is not None
@@ -477,7 +477,7 @@ def test_config_and_secrets_reach_the_container(charts, monkeypatch):
     assert settings.upstream_read_timeout == 45 and settings.upstream_pool_size == 50
     assert settings.recipient_limits_mode == "report"
     assert [route.name for route in settings.guarded_routes] == ["messages", "calls"]
-    assert settings.listen == "0.0.0.0:8080" and settings.shutdown_grace == 25
+    assert str(settings.listen) == "0.0.0.0:8080" and settings.shutdown_grace == 25
     # A change of config or secret rolls the pods.
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert {"checksum/sendguard-config", "checksum/sendguard-secret"} <= set(annotations)
@@ -768,7 +768,7 @@ def test_the_sidecar_with_shared_redis_example(charts, monkeypatch):
     assert settings.redis_url == EXISTING_SECRET_VALUES["redis-url"]
     assert settings.on_store_error == "closed" and settings.ready_requires_store is False
     assert settings.data_dir is None
-    assert settings.listen == "127.0.0.1:8080", "only the app's own containers send through it"
+    assert str(settings.listen) == "127.0.0.1:8080", "only the app's own containers send through it"
 
 
 # --- values.schema.json and render-time checks ------------------------------------------------

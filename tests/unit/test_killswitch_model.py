@@ -10,23 +10,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.killswitch.addresses import parse_sender, sender_key
 from proxy.killswitch.model import (
     CONFIG_AUTHOR,
     CONFIG_REASON,
     DEFAULT_RETRY_AFTER,
-    GLOBAL,
     KillSwitch,
-    Scope,
-    ScopeKind,
     SendAttributes,
     count_by_kind,
     match,
     parse_break_glass,
     parse_env_switches,
-    parse_sender,
     retry_after,
-    sender_key,
 )
+from proxy.killswitch.scopes import GLOBAL, Scope, ScopeKind
 
 NOW = 1_800_000_000.0
 AC = "AC" + "0123456789abcdef" * 2

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from proxy.guard.protection import GuardMode, LimitWindow
+from proxy.guard.suppression import DEFAULT_RULES, SuppressionRule
 from proxy.settings import (
     ConfigError,
     GuardedRoute,
@@ -23,6 +25,7 @@ from proxy.settings import (
     parse_recipient_limits,
     parse_size,
 )
+from proxy.settings_fields import Address, SendLimits, SuppressionRules
 from tests.paths import REPO_ROOT
 
 SID_A = "AC" + "a" * 32
@@ -92,8 +95,8 @@ def test_config_file_from_env_and_explicit_path_wins(
     explicit = tmp_path / "explicit.toml"
     explicit.write_text('listen = "0.0.0.0:2"\n')
     monkeypatch.setenv("SENDGUARD_CONFIG", str(from_env))
-    assert load_settings().listen_port == 1
-    assert load_settings(explicit).listen_port == 2
+    assert load_settings().listen.port == 1
+    assert load_settings(explicit).listen.port == 2
 
 
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
@@ -373,7 +376,9 @@ def test_guarded_routes_invalid(routes: str | list[dict[str, str]], key: str) ->
 )
 def test_recipient_limits_valid(spec: str, windows: list[tuple[int, float]]) -> None:
     assert parse_recipient_limits(spec) == windows
-    assert load_settings(recipient_limits=spec).recipient_limit_windows == windows
+    limits = load_settings(recipient_limits=spec).recipient_limits
+    assert [(w.count, w.seconds) for w in limits.windows] == windows
+    assert str(limits) == spec.strip()  # shown as written
 
 
 @pytest.mark.parametrize(
@@ -400,7 +405,13 @@ def test_recipient_limits_invalid(spec: str) -> None:
     ],
 )
 def test_kill_switch_valid(value: str, scopes: list[str]) -> None:
-    assert load_settings(kill_switch=value).kill_switch_scopes == scopes
+    configured = load_settings(kill_switch=value).kill_switch
+    assert configured is None if not scopes else str(configured) == ",".join(scopes)
+    if configured is not None:
+        assert [str(scope) for scope in configured.scopes] == scopes
+        switches = configured.switches(1000.0)  # engaged at startup, until the config changes
+        assert [switch.scope for switch in switches] == list(configured.scopes)
+        assert {(s.created_at, s.expires_at) for s in switches} == {(1000.0, None)}
 
 
 @pytest.mark.parametrize(
@@ -433,8 +444,9 @@ def test_kill_switch_invalid(value: str) -> None:
 )
 def test_listen_valid(address: str, host: str, port: int) -> None:
     settings = load_settings(listen=address, admin_listen=address)
-    assert (settings.listen_host, settings.listen_port) == (host, port)
-    assert (settings.admin_listen_host, settings.admin_listen_port) == (host, port)
+    assert (settings.listen.host, settings.listen.port) == (host, port)
+    assert (settings.admin_listen.host, settings.admin_listen.port) == (host, port)
+    assert str(settings.listen) == address
 
 
 @pytest.mark.parametrize(
@@ -542,6 +554,26 @@ def test_secrets_never_in_redacted_dict_or_repr(monkeypatch: pytest.MonkeyPatch)
     for text in (json.dumps(redacted), repr(settings), str(settings)):
         for secret in ("admin-sekrit", "twilio-sekrit", "redis-sekrit", "4155550100"):
             assert secret not in text
+
+
+def test_settings_hold_parsed_values() -> None:
+    settings = load_settings(
+        suppressions=" 21610=recipient:30d ", account_limits="1000/h", suppression_mode="report"
+    )
+    assert settings.suppressions.rules == {21610: SuppressionRule(21610, "recipient", 2592000.0)}
+    assert str(settings.suppressions) == "21610=recipient:30d"
+    assert settings.account_limits.windows == (LimitWindow(1000, 3600.0),)
+    assert settings.suppression_mode is GuardMode.REPORT
+    assert settings.redacted_dict()["suppression_mode"] == "report"
+
+
+def test_defaults_are_parsed_like_the_text_they_show() -> None:
+    defaults = load_settings()
+    assert defaults.listen == Address("127.0.0.1", 8080, "127.0.0.1:8080")
+    assert defaults.recipient_limits == SendLimits.parse("5/min,20/h,50/day")
+    assert defaults.recipient_limits.windows[0] == LimitWindow(5, 60.0)
+    assert defaults.suppressions == SuppressionRules.parse(DEFAULT_RULES)
+    assert defaults.account_limits.windows == ()
 
 
 def test_redacted_dict_is_plain_json(tmp_path: Path) -> None:

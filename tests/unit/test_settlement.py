@@ -4,6 +4,8 @@ into up/down only after `outage_after`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from proxy.guard.dedup import StoredResponse
@@ -133,3 +135,52 @@ async def test_while_degraded_settled_outcomes_still_answer_duplicates():
     assert retained is not None and retained.message_sid == "SM1"
     journal.retain_settled(False)
     assert journal.pending(REF) is None
+
+
+async def test_a_write_behind_the_answer_is_owed_at_once_and_lands_quietly():
+    """settle_behind: owed before the caller answers (a duplicate here is replayed from
+    memory, with the ordinary replay's reason), written in the background, and no pending
+    gauge or log for the ordinary case."""
+    metrics = Metrics()
+    journal = SettlementJournal(metrics)
+    landed = asyncio.Event()
+
+    async def write() -> None:
+        await landed.wait()
+
+    errors: list[StoreError] = []
+    journal.settle_behind(outcome(write), errors.append)
+    owed = journal.pending(REF)
+    assert owed is not None and owed.landing and owed.message_sid == "SM1"
+    assert len(journal) == 1
+    landed.set()
+    assert await journal.flush(1.0) == 0
+    assert journal.pending(REF) is None and not owed.landing
+    assert errors == []
+    assert metrics.value("sendguard_pending_outcome_writes") == 0
+
+
+async def test_a_refused_write_behind_is_reported_once_and_retried():
+    metrics = Metrics()
+    journal = SettlementJournal(metrics, backoff_first=0.01, backoff_max=0.02)
+    write = FlakyWrite(2)
+    errors: list[StoreError] = []
+    journal.settle_behind(outcome(write), errors.append)
+    pending = journal.pending(REF)
+    assert pending is not None
+    await asyncio.sleep(0)  # the first write runs (and fails)
+    await asyncio.sleep(0)
+    assert len(errors) == 1 and pending.refused and not pending.landing
+    assert metrics.value("sendguard_pending_outcome_writes") == 1
+    assert await journal.flush(2.0) == 0
+    assert write.calls == 3 and len(errors) == 1
+    assert metrics.value("sendguard_pending_outcome_writes") == 0
+
+
+async def test_close_leaves_an_unlanded_write_behind_owed():
+    """Shutdown flushes what it can; a write that never lands stays in flight in the store
+    (UNKNOWN at lease end, never a resend): the journal says it is left."""
+    journal = SettlementJournal(Metrics(), backoff_first=0.01, backoff_max=0.02)
+    journal.settle_behind(outcome(FlakyWrite(10**9)), lambda exc: None)
+    await journal.close(0.05)
+    assert len(journal) == 1

@@ -1,14 +1,12 @@
-"""The `sendguard` command line: `serve`, `check-config`, and the admin subcommands.
+"""One flag per setting, generated from the `Settings` fields, and the config-error exit.
 
-Every setting gets a flag generated from the `Settings` fields, passed as the raw string to
-`load_settings()` so flags, env and the config file share one validation path. A flag left out
-stays None, which `load_settings()` reads as "not given" (env, file or default applies).
+Each flag is passed as the raw string to `load_settings()` so flags, env and the config file
+share one validation path. A flag left out stays None, which `load_settings()` reads as "not
+given" (env, file or default applies).
 """
 
 from __future__ import annotations
 
-import importlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,19 +14,12 @@ from typing import Any, TypeVar
 import click
 from pydantic.fields import FieldInfo
 
-from proxy import __version__
-from proxy.cli_admin import ADMIN_COMMANDS
 from proxy.settings import CONFIG_ENV, ENV_PREFIX, ConfigError, Settings, load_settings
+from proxy.settings_fields import ParsedText
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_CONFIG_ERROR = 2  # the same code click uses for usage errors
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, "--version", prog_name="sendguard")
-def cli() -> None:
-    """sendguard: an at-most-once guard proxy in front of the Twilio REST API."""
 
 
 def settings_options(func: F) -> F:
@@ -87,6 +78,8 @@ def _default_text(field: FieldInfo) -> str | None:
         return None
     if isinstance(default, float) and default.is_integer():
         return str(int(default))  # durations: "600", not "600.0"
+    if isinstance(default, ParsedText):
+        return str(default)  # as written in the config: "5/min,20/h,50/day"
     if isinstance(default, str | int | float):
         return str(default)
     if isinstance(default, list) and all(isinstance(item, str) for item in default):
@@ -113,41 +106,3 @@ def load_or_exit(config: Path | None, flags: dict[str, Any]) -> Settings:
 def _key_name(key: str) -> str:
     # The config file is no setting of its own: say where it was named.
     return f"config file (--config / {CONFIG_ENV})" if key == "config" else key
-
-
-@cli.command()
-@settings_options
-def serve(config: Path | None, **flags: Any) -> None:
-    """Run the proxy and the admin server until SIGTERM/SIGINT."""
-    settings = load_or_exit(config, flags)
-    # Imported only once the configuration is valid: the server pulls in aiohttp, redis, ...
-    server = importlib.import_module("proxy.server.run")
-    exit_code: int = server.serve(settings)
-    raise SystemExit(exit_code)
-
-
-@cli.command("check-config")
-@click.option("--json", "as_json", is_flag=True, help="Print the effective settings as JSON.")
-@settings_options
-def check_config(config: Path | None, as_json: bool, **flags: Any) -> None:
-    """Validate the configuration and print the effective settings (secrets redacted)."""
-    settings = load_or_exit(config, flags)
-    # Status on stderr, so that `check-config --json | jq` gets pure JSON on stdout.
-    click.echo("configuration OK", err=True)
-    values = settings.redacted_dict()
-    if as_json:
-        click.echo(json.dumps(values, indent=2))
-        return
-    for key, value in values.items():
-        click.echo(f"{key} = {'(unset)' if value is None else json.dumps(value)}")
-
-
-# Admin subcommands (`kill-switch engage|release|list`, suppressions, breakers, records,
-# status) talk to the admin API over HTTP; they live in proxy/cli_admin.py.
-for _command in ADMIN_COMMANDS:
-    cli.add_command(_command)
-
-
-def main() -> None:
-    """Console-script entry point (`sendguard`, `python -m proxy`)."""
-    cli(prog_name="sendguard")
