@@ -100,6 +100,15 @@ async def http():
         yield session
 
 
+@pytest.fixture
+async def burst_http():
+    """A client session without aiohttp's default cap of 100 connections: a real burst."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        yield session
+
+
 @pytest.fixture(params=["embedded", "shared"])
 def store_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)

@@ -55,13 +55,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from proxy.store import scripts
 
 Match = Callable[[bytes], bool]
 
@@ -79,6 +82,11 @@ def contains(*parts: bytes | str) -> Match:
 def evalsha(sha: str) -> Match:
     """A request predicate: an EVALSHA of the script with this SHA1 (as redis-py sends it)."""
     return contains(b"EVALSHA", sha.encode())
+
+
+def script_sha(name: str) -> str:
+    """The SHA1 EVALSHA names sendguard's store script `name` (proxy/store/scripts.py) by."""
+    return hashlib.sha1(getattr(scripts, name).encode()).hexdigest()
 
 
 def _as_match(match: Match | bytes | str | None) -> Match:
@@ -187,12 +195,7 @@ class FaultProxy:
         self._stopped = True
         if self._relisten is not None:
             self._relisten.cancel()
-        server, self._server = self._server, None
-        sock, self._sock = self._sock, None
-        if server is not None:
-            server.close()
-        elif sock is not None:
-            sock.close()
+        self._close_listener()
         for link in list(self._links):
             self._close(link, reset=True)
         tasks = [task for link in list(self._links) for task in link.tasks]
@@ -384,13 +387,17 @@ class FaultProxy:
                     return rule
         return None
 
-    def _unlisten(self, seconds: float | None) -> None:
+    def _close_listener(self) -> None:
+        """Stop accepting: close the server, or the bare socket it listened on."""
         server, self._server = self._server, None
         sock, self._sock = self._sock, None
         if server is not None:
             server.close()
         elif sock is not None:
             sock.close()
+
+    def _unlisten(self, seconds: float | None) -> None:
+        self._close_listener()
         if self._relisten is not None:
             self._relisten.cancel()
             self._relisten = None
@@ -471,10 +478,7 @@ class FaultProxy:
     async def _pump_requests(self, link: _Link) -> None:
         assert link.server_writer is not None
         try:
-            while not link.closed:
-                data = await link.client_reader.read(_READ_SIZE)
-                if not data:
-                    break
+            async for data in _chunks(link, link.client_reader):
                 link.window += data
                 if len(link.window) > _MAX_REQUEST_WINDOW:
                     del link.window[: len(link.window) - _MAX_REQUEST_WINDOW]
@@ -508,10 +512,7 @@ class FaultProxy:
     async def _read_replies(self, link: _Link) -> None:
         assert link.server_reader is not None
         try:
-            while not link.closed:
-                data = await link.server_reader.read(_READ_SIZE)
-                if not data:
-                    break
+            async for data in _chunks(link, link.server_reader):
                 if link.doomed:
                     self.replies_dropped += 1
                     self._close(link)
@@ -547,6 +548,15 @@ class FaultProxy:
             if wait <= 0:
                 return
             await asyncio.sleep(min(wait, _HOLD_SLICE))
+
+
+async def _chunks(link: _Link, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    """What `reader` receives, chunk by chunk, until its peer hangs up or the link is closed."""
+    while not link.closed:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            return
+        yield data
 
 
 def _command_start(window: bytes, position: int) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,17 +16,17 @@ from proxy.admin.app import create_admin_app
 from proxy.server.app import METRICS, STORE_URL, create_app
 from proxy.server.limits import admin_runner, proxy_runner
 from proxy.settings import load_settings
+from tests.identities import (  # re-exported: the tests that start an app take them from here
+    ACCOUNT,
+    MESSAGES,
+    OTHER_ACCOUNT,
+    OTHER_TOKEN,
+    SENDER,
+    TOKEN,
+    basic_auth,
+)
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-TOKEN = "f" * 32
-OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
-OTHER_TOKEN = "e" * 32
-MESSAGES = f"/2010-04-01/Accounts/{ACCOUNT}/Messages.json"
-SENDER = "+15005550006"
-
-
-def basic_auth(account: str = ACCOUNT, token: str = TOKEN) -> str:
-    return "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
+__all__ = ["ACCOUNT", "MESSAGES", "OTHER_ACCOUNT", "OTHER_TOKEN", "SENDER", "TOKEN", "basic_auth"]
 
 
 @dataclass
@@ -84,6 +83,15 @@ class ProxyFactory:
             if instance.admin_runner is not None:
                 await instance.admin_runner.cleanup()
         self.started.clear()
+
+
+async def admin_call(
+    session: aiohttp.ClientSession, method: str, url: str, *, headers: dict[str, str], **kwargs: Any
+) -> tuple[int, Any]:
+    """One admin API request; returns the status and the parsed JSON body. (Each test module
+    binds its own bearer token: `call = functools.partial(admin_call, headers=AUTH)`.)"""
+    async with session.request(method, url, headers=headers, **kwargs) as response:
+        return response.status, await response.json(content_type=None)
 
 
 async def post_send(

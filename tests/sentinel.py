@@ -63,6 +63,13 @@ class SentinelTopology:
         self.processes.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def __enter__(self) -> SentinelTopology:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def _start_data(self, port: int, replica_of: int | None = None) -> None:
         workdir = self.dir / f"data-{port}"
         workdir.mkdir(exist_ok=True)

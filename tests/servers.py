@@ -141,6 +141,13 @@ class ServerProcess:
                 self.process.wait()
             self.process = None
 
+    def __enter__(self) -> ServerProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 # -- a real multi-node Redis Cluster ----------------------------------------------------------
 

@@ -7,16 +7,21 @@ and its parts) does the I/O and asks here what it means.
     claimed                                                  -> send (protection, then upstream)
     not claimed, the record is our own in-flight claim       -> reclaim (release it, claim afresh)
     not claimed: the dedup table (guard/dedup.py)            -> replay / unknown / mark-stale
+    not claimed, and no record holds it                      -> wait (claim again) / give-up
     in flight elsewhere, wait deadline not reached           -> wait (poll, doubling, capped)
     in flight elsewhere, wait deadline passed                -> give-up (409 in-flight)
 
     a duplicate finds an outcome this instance still owes the store (the settlement journal):
     key held by another payload                              -> key-mismatch (422)
-    an owed release                                          -> release-pending (go on once written)
+    an owed release, owed to the store guarding this send    -> release-pending (go on once written)
+    an owed release, owed to another store                   -> go-on
     an owed UNKNOWN                                          -> unknown (409)
-    an owed completion                                       -> replay it from memory
+    an owed completion                                       -> replay it from memory (reason:
+                                                                duplicate-* while its write is
+                                                                landing, duplicate-*-unsettled
+                                                                once the store refused it)
 
-    a release the store said it did not apply, read back     -> released / still-held / lost
+    a release the store said it did not apply, read back     -> still-held (retry) / lost
     an upstream 429                                          -> wait (Retry-After floor + jitter) or
                                                                 give up (the budget is spent)
     a protection verdict that refuses                        -> the error the client gets

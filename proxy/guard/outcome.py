@@ -3,20 +3,22 @@
 One table for the outcome classes (docs/contract.md#outcomes), used by the guard (right after
 the attempt) and by the settlement journal (when the store only accepts the outcome later):
 
-    attempt ended                    store action         counted  client answer
-    answered 2xx                     complete             yes      upstream's answer
-    answered 4xx (not 429)           complete-uncounted   no       upstream's answer
-    answered 429 (budget spent)      release              no       upstream's answer
-    answered 5xx                     mark-unknown         yes      upstream's answer
-    connect failed                   release              no       502 upstream-unreachable
-    read timeout                     mark-unknown         yes      504 outcome-unknown
-    reset / body cut short           mark-unknown         yes      502 outcome-unknown
-    request cancelled mid-send       mark-unknown         yes      (nobody is listening)
+    attempt ended                    store action         counted  written  client answer
+    answered 2xx                     complete             yes      after    upstream's answer
+    answered 4xx (not 429)           complete-uncounted   no       after    upstream's answer
+    answered 429 (budget spent)      release              no       before   upstream's answer
+    answered 5xx                     mark-unknown         yes      before   upstream's answer
+    connect failed                   release              no       before   502 upstream-unreachable
+    read timeout                     mark-unknown         yes      before   504 outcome-unknown
+    reset / body cut short           mark-unknown         yes      before   502 outcome-unknown
+    request cancelled mid-send       mark-unknown         yes      before   (nobody is listening)
 
 "Counted" is whether the send stays in the recipient's send log and the account ceiling:
 only what Twilio accepted or may have accepted counts, so nobody can spend a recipient's
-budget with bad credentials or bad requests (docs/contract.md#protection). Pure: table-tested in
-tests/unit/test_outcome.py.
+budget with bad credentials or bad requests (docs/contract.md#protection). "Written" is when
+the store write is made: a definite answer is replayable from memory, so its write follows the
+answer (owed in the settlement journal first, proxy/server/settlement.py); a release or an
+UNKNOWN mark is tried before it. Pure: table-tested in tests/unit/test_outcome.py.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class Settlement:
     @property
     def counted(self) -> bool:
         return self.action in (StoreAction.COMPLETE, StoreAction.MARK_UNKNOWN)
+
+    @property
+    def written_after_answer(self) -> bool:
+        """The store write may follow the client's answer (the "written" column)."""
+        return self.action in (StoreAction.COMPLETE, StoreAction.COMPLETE_UNCOUNTED)
 
     @property
     def sent(self) -> bool:

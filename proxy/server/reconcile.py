@@ -87,6 +87,18 @@ class ReconcilePolicy:
     allowance_seconds: float = CLOCK_ALLOWANCE_SECONDS
 
 
+@dataclass(frozen=True)
+class _Retry:
+    """The UNKNOWN send being reconciled, and what the retry asking for it brings."""
+
+    store: SendStore
+    ref: SendRef
+    record: DedupRecord
+    authorization: str
+    upstream: Upstream
+    new_token: str
+
+
 class Reconciler:
     def __init__(self, client: UpstreamClient, metrics: Metrics, policy: ReconcilePolicy) -> None:
         self.client = client
@@ -108,9 +120,8 @@ class Reconciler:
         key = (id(store), ref.tag, ref.dedup_id)
         running = self._running.get(key)
         if running is None:
-            running = asyncio.ensure_future(
-                self._reconcile(store, ref, record, authorization, upstream, new_token)
-            )
+            retry = _Retry(store, ref, record, authorization, upstream, new_token)
+            running = asyncio.ensure_future(self._reconcile(retry))
             self._running[key] = running
             running.add_done_callback(lambda _: self._running.pop(key, None))
             return await asyncio.shield(running)
@@ -120,20 +131,13 @@ class Reconciler:
             Reconciliation(LookupVerdict.BUSY) if result.verdict is LookupVerdict.RESEND else result
         )
 
-    async def _reconcile(
-        self,
-        store: SendStore,
-        ref: SendRef,
-        record: DedupRecord,
-        authorization: str,
-        upstream: Upstream,
-        new_token: str,
-    ) -> Reconciliation:
+    async def _reconcile(self, retry: _Retry) -> Reconciliation:
+        store, ref, record, new_token = retry.store, retry.ref, retry.record, retry.new_token
         meta = record.meta or {}
         try:
             if not await store.reconcile_gate(ref, int(self.policy.gate_seconds * 1000)):
                 return Reconciliation(LookupVerdict.BUSY)
-            found = await self._evidence(store, ref, record, meta, authorization, upstream)
+            found = await self._evidence(retry, meta)
             if found is not None:
                 sid, body, kind = found
                 stored = StoredResponse(201, _JSON_HEADERS, body)
@@ -161,14 +165,10 @@ class Reconciler:
             return Reconciliation(LookupVerdict.ERROR)
 
     async def _evidence(
-        self,
-        store: SendStore,
-        ref: SendRef,
-        record: DedupRecord,
-        meta: dict[str, Any],
-        authorization: str,
-        upstream: Upstream,
+        self, retry: _Retry, meta: dict[str, Any]
     ) -> tuple[str, bytes, Found] | None:
+        store, ref, record = retry.store, retry.ref, retry.record
+        authorization, upstream = retry.authorization, retry.upstream
         account = str(meta.get("account", ""))
         if not account:
             return None

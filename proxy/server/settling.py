@@ -79,7 +79,7 @@ class Settler:
         """Twilio answered: settle it. A completion returns at once (written behind the
         answer); a release or UNKNOWN mark is tried inline, as before any answer."""
         settlement = settle(AttemptEnd.ANSWERED, result.status)
-        if settlement.action in (StoreAction.COMPLETE, StoreAction.COMPLETE_UNCOUNTED):
+        if settlement.written_after_answer:
             pending = self._completion(ctx, facts, ref, token, result, settlement)
             step = settlement.action.value
             self.journal.settle_behind(pending, lambda exc: self.store_failed(ctx, step, exc))

@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Protocol
 
 import aiohttp
@@ -105,7 +105,7 @@ class AppAnswer:
 
 @dataclass
 class _Trace:
-    """The fields of the one log line, filled in as the callback goes."""
+    """The fields of the one log line, filled in as the callback goes (in the line's order)."""
 
     outcome: str = ""
     account: str = ""
@@ -114,8 +114,9 @@ class _Trace:
     error_code: int | None = None
     to: str = ""
     destination: str = ""
-    attempts: int = 0
+    http_status: int | None = None  # set as the line is written
     app_status: int | None = None
+    attempts: int = 0
     learn_error: str | None = None
     learn_skipped: str | None = None
     dedup_error: str | None = None
@@ -344,19 +345,6 @@ def _log_callback(trace: _Trace, http_status: int, started: float) -> None:
     emit = log.error if trace.failure else log.info if clean else log.warning
     emit(
         CALLBACK_FINISHED,
-        outcome=trace.outcome,
-        account=trace.account,
-        message_sid=trace.message_sid,
-        status=trace.status,
-        error_code=trace.error_code,
-        to=trace.to,
-        destination=trace.destination,
-        http_status=http_status,
-        app_status=trace.app_status,
-        attempts=trace.attempts,
-        learn_error=trace.learn_error,
-        learn_skipped=trace.learn_skipped,
-        dedup_error=trace.dedup_error,
-        failure=trace.failure,
+        **asdict(replace(trace, http_status=http_status)),
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )

@@ -5,12 +5,13 @@ Real instances, a real store, the fake Twilio counting creates.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
 
 from proxy.sandbox import Fault
-from tests.harness import ACCOUNT, MESSAGES, SENDER, post_send
+from tests.harness import ACCOUNT, MESSAGES, SENDER, admin_call, post_send
 
 TOKEN = "admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,9 +30,7 @@ async def guarded(proxies, fake_twilio, shared_redis_url):
     )
 
 
-async def call(http, method: str, url: str, *, headers=AUTH, **kwargs):
-    async with http.request(method, url, headers=headers, **kwargs) as response:
-        return response.status, await response.json(content_type=None)
+call = functools.partial(admin_call, headers=AUTH)
 
 
 def send_form(to: str = ALICE, body: str = "hello") -> dict[str, str]:

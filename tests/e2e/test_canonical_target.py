@@ -29,6 +29,7 @@ from yarl import URL
 from proxy.errors import UpstreamRefused
 from proxy.guard.routes import RouteSpec, RouteTable
 from tests.harness import ACCOUNT, basic_auth
+from tests.webapps import serving
 
 TABLE = RouteTable(
     [
@@ -270,14 +271,8 @@ async def counting_upstream():
         status = 201 if request.method == "POST" else 200
         return web.json_response({"sid": "SM" + "0" * 32, "status": "queued"}, status=status)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
-    await runner.cleanup()
+    async with serving(answer) as url:
+        yield url, seen
 
 
 @pytest.fixture

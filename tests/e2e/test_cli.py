@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import types
@@ -16,15 +15,14 @@ from click.testing import CliRunner, Result
 from proxy import __version__, cli
 from proxy.cli import serve as serve_module
 from proxy.settings import Settings
+from tests.environ import clear_sendguard_env, env_without_sendguard
 from tests.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stray SENDGUARD_* variable in the developer's shell must not leak into these tests."""
-    for name in list(os.environ):
-        if name.upper().startswith("SENDGUARD_"):
-            monkeypatch.delenv(name)
+    clear_sendguard_env(monkeypatch)
 
 
 def run(*args: str) -> Result:
@@ -156,7 +154,7 @@ def test_serve_passes_settings_and_exit_code(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_python_dash_m_proxy_help() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
+    env = env_without_sendguard()
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "--help"],
         cwd=REPO_ROOT,

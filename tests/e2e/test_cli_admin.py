@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
 import socket
 import sys
@@ -25,6 +24,7 @@ import pytest
 from proxy.cli.admin_client import AdminClient, Unreachable, default_admin_url
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
+from tests.environ import env_without_sendguard
 from tests.harness import ACCOUNT, MESSAGES, SENDER, ProxyInstance, basic_auth, post_send
 from tests.paths import REPO_ROOT
 from tests.servers import free_port
@@ -52,7 +52,7 @@ async def sendguard(
     env: dict[str, str] | None = None,
 ) -> Ran:
     """Run the real CLI; `admin` sets SENDGUARD_ADMIN_URL to that instance's admin listener."""
-    child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
+    child_env = env_without_sendguard()
     child_env["USER"] = "ops-tester"
     if token is not None:
         child_env["SENDGUARD_ADMIN_TOKEN"] = token

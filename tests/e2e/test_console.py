@@ -17,25 +17,23 @@ not be installed, and say so loudly; under CI a missing browser that nothing exc
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import AsyncIterator
-from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from proxy.admin.console import CONTENT_SECURITY_POLICY, SECURITY_HEADERS, load_assets
 from proxy.server.recent import RecentDecisions
-from tests.harness import ACCOUNT, MESSAGES, SENDER, post_send
+from tests.harness import ACCOUNT, MESSAGES, SENDER, admin_call, post_send
 from tests.paths import REPO_ROOT
 
 ADMIN_TOKEN = "t"
@@ -51,9 +49,7 @@ def form(to: str = ALICE, body: str = BODY) -> dict[str, str]:
     return {"To": to, "From": SENDER, "Body": body}
 
 
-async def call(http, method: str, url: str, *, headers=AUTH, **kwargs) -> tuple[int, Any]:
-    async with http.request(method, url, headers=headers, **kwargs) as response:
-        return response.status, await response.json(content_type=None)
+call = functools.partial(admin_call, headers=AUTH)
 
 
 @pytest.fixture
@@ -373,51 +369,6 @@ async def test_a_global_kill_switch_engaged_and_released_through_the_page(
     status, headers, _ = await post_send(http, console.url, form(body="after release"))
     assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
     await expect(p.locator('#status-list dd[data-field="kill_switches"]')).to_contain_text("none")
-
-
-class SilentTwilio:
-    """Answers the first create 500 without creating anything; later creates succeed; its list
-    is always empty. So the record stays UNKNOWN: no evidence either way (tests/e2e/test_reconcile.py)."""
-
-    def __init__(self) -> None:
-        self.posts = 0
-        self.creates = 0
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> SilentTwilio:
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self.create)
-        app.router.add_get("/2010-04-01/Accounts/{account}/Messages.json", self.list)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def create(self, request: web.Request) -> web.Response:
-        self.posts += 1
-        if self.posts == 1:
-            return web.json_response({"code": 20500, "message": "oops", "status": 500}, status=500)
-        self.creates += 1
-        return web.json_response(
-            {"sid": "SM" + secrets.token_hex(16), "account_sid": ACCOUNT, "status": "queued",
-             "date_created": formatdate(usegmt=True)}, status=201,
-        )  # fmt: skip
-
-    async def list(self, request: web.Request) -> web.Response:
-        return web.json_response({"messages": [], "next_page_uri": None})
-
-    async def stop(self) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-
-@pytest.fixture
-async def silent_twilio() -> AsyncIterator[SilentTwilio]:
-    fake = await SilentTwilio().start()
-    yield fake
-    await fake.stop()
 
 
 async def test_an_unknown_send_resolved_through_the_page(proxies, silent_twilio, http, page, shots):

@@ -40,9 +40,11 @@ import pytest
 from aiohttp import web
 
 from proxy.decision import Decision
+from tests.environ import clear_sendguard_env, env_without_sendguard
 from tests.harness import SENDER, post_send
 from tests.paths import REPO_ROOT
 from tests.servers import free_port
+from tests.webapps import serve_app
 
 README = (REPO_ROOT / "README.md").read_text()
 SERVE = "scripts/run --upstream sandbox"
@@ -142,7 +144,7 @@ def stand_in_venv(tmp_path: Path) -> Path:
 
 
 def first_hour_env(venv: Path, listen: str, admin_listen: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
+    env = env_without_sendguard()
     env.update(SENDGUARD_VENV=str(venv), PYTHON=sys.executable,
                SENDGUARD_LISTEN=listen, SENDGUARD_ADMIN_LISTEN=admin_listen)  # fmt: skip
     return env
@@ -277,9 +279,7 @@ def test_store_kind(monkeypatch, overrides, kind):
     from proxy.admin.app import store_kind
     from proxy.settings import load_settings
 
-    for name in list(os.environ):
-        if name.upper().startswith("SENDGUARD_"):
-            monkeypatch.delenv(name)
+    clear_sendguard_env(monkeypatch)
     assert store_kind(load_settings(**overrides)) == kind
 
 
@@ -287,7 +287,7 @@ def test_store_kind(monkeypatch, overrides, kind):
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    child_env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SENDGUARD_")}
+    child_env = env_without_sendguard()
     child_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "proxy", "serve", *args], cwd=REPO_ROOT, env=child_env,
@@ -404,10 +404,8 @@ async def start_throttled(refusals: int) -> tuple[web.AppRunner, str, Throttled]
 
     app = web.Application()
     app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", create)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}", state
+    runner, url = await serve_app(app)
+    return runner, url, state
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import pytest
 
 from proxy.metrics import ACCOUNT_LABEL_LIMIT, Metrics
 from proxy.server.app import METRICS
+from tests.environ import clear_sendguard_env
 from tests.harness import ACCOUNT, MESSAGES, SENDER, basic_auth, post_send
 
 HOST = "127.0.0.1"
@@ -354,8 +355,7 @@ def test_secrets_have_no_value_flag_only_a_file_flag(name, tmp_path, monkeypatch
 
     from proxy import cli
 
-    for key in [key for key in os.environ if key.startswith("SENDGUARD_")]:
-        monkeypatch.delenv(key)
+    clear_sendguard_env(monkeypatch)
     values = {
         "admin-token": "s3cret-admin-token",
         "twilio-auth-tokens": f"{ACCOUNT}={'b' * 32}",

@@ -9,6 +9,7 @@ no retry can settle it by itself and only the operator's word (or a SID) can.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from typing import Any
 
@@ -18,7 +19,7 @@ from twilio.base.exceptions import TwilioRestException
 
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
-from tests.harness import ACCOUNT, SENDER, in_thread, post_send, twilio_client
+from tests.harness import ACCOUNT, SENDER, admin_call, in_thread, post_send, twilio_client
 
 ADMIN_TOKEN = "ledger-admin-token-0123"
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -37,9 +38,7 @@ async def guarded(proxies, fake_twilio, shared_redis_url):
     )
 
 
-async def call(http, method: str, url: str, *, headers=AUTH, **kwargs) -> tuple[int, Any]:
-    async with http.request(method, url, headers=headers, **kwargs) as response:
-        return response.status, await response.json(content_type=None)
+call = functools.partial(admin_call, headers=AUTH)
 
 
 async def ledger(http, instance) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import pytest
 from aiohttp import web
 
 from tests.harness import ACCOUNT, basic_auth
+from tests.webapps import serving
 
 
 @pytest.fixture
@@ -41,15 +42,8 @@ async def echo_upstream():
             record, status=207, headers={"X-Upstream": "yes", "Connection": "keep-alive"}
         )
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with serving(echo) as url:
+        yield url, seen
 
 
 @pytest.fixture

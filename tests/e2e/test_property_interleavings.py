@@ -106,6 +106,8 @@ POLICIES = (os.environ.get("SENDGUARD_PROVE_POLICY") or "closed,local").split(",
 CONNECT_TIMEOUT = 0.25
 READ_TIMEOUT = 0.5
 OUTAGE_AFTER = 1.0
+OUTAGE_SECONDS = 3.5  # store_outage: long enough to send during it after it is declared
+RECOVERY_BOUND = 5.0  # store_recovers: the prober's next good probe, then the merge
 INFLIGHT_WAIT = 0.3
 # SPEC §3.1: the lease is the 429 budget (0 here) + connect + read timeout + 2 s margin.
 LEASE = CONNECT_TIMEOUT + READ_TIMEOUT + 2.0
@@ -998,6 +1000,41 @@ class Interleavings(RuleBasedStateMachine):
     def heal_store(self) -> None:
         for proxy in self.c.links(None):
             proxy.pass_through()
+
+    @rule(link=st.one_of(st.none(), st.integers(0, 2)))
+    @logged
+    def store_outage(self, link: int | None) -> None:
+        """A real outage, in one step: the store refuses connections (open ones reset) for
+        OUTAGE_SECONDS, and the step lasts until the prober has had time to declare it. The
+        steps that follow meet the outage policy (503 under `closed`, the outage store under
+        `local`) without needing a lucky run of waits to get there."""
+        targets = self.c.links(link)
+        for proxy in targets:
+            proxy.reset_all()
+            proxy.refuse(OUTAGE_SECONDS, how="reset")
+        self.c.note_impaired(targets, OUTAGE_SECONDS)
+        self.fault("outage")
+        with self.world.budget.timing("waits"):
+            self.run(asyncio.sleep(OUTAGE_AFTER + 0.7))
+
+    @rule()
+    @logged
+    def store_recovers(self) -> None:
+        """Heal every link and wait (bounded) until every live instance guards sends on the
+        shared store again: a retry now tests what the instance remembers of the outage."""
+        for proxy in self.c.links(None):
+            proxy.pass_through()
+
+        async def back() -> None:
+            deadline = asyncio.get_running_loop().time() + RECOVERY_BOUND
+            while asyncio.get_running_loop().time() < deadline:
+                live = [slot.instance for slot in self.c.slots if slot.instance is not None]
+                if not any(instance.app[RUNTIME].failover.degraded for instance in live):
+                    return
+                await asyncio.sleep(0.05)
+
+        with self.world.budget.timing("waits"):
+            self.run(back())
 
     # -- rules: upstream faults -------------------------------------------------------------------
 

@@ -5,12 +5,8 @@ aiohttp server below that answers 500 *without* creating; both count creates."""
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-from email.utils import formatdate
 
 import pytest
-from aiohttp import web
 
 from proxy.sandbox import Fault
 from proxy.server.app import METRICS
@@ -71,67 +67,6 @@ async def test_another_message_of_the_same_recipient_is_not_taken_for_it(
     status, headers, body = await post_send(http, proxy.url, FORM, key="k-2")
     assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
     assert fake_twilio.creates == 3
-
-
-class SilentTwilio:
-    """Answers the first create 500 without creating anything; later creates succeed. Its list
-    is always empty: there is never evidence, which is the case reconciliation must not guess."""
-
-    def __init__(self) -> None:
-        self.creates = 0
-        self.posts = 0
-        self.lists = 0
-        self.in_flight_lists = 0
-        self.max_in_flight_lists = 0
-        self.list_delay = 0.0
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def start(self) -> SilentTwilio:
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{account}/Messages.json", self.create)
-        app.router.add_get("/2010-04-01/Accounts/{account}/Messages.json", self.list)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        return self
-
-    async def create(self, request: web.Request) -> web.Response:
-        self.posts += 1
-        if self.posts == 1:
-            return web.json_response({"code": 20500, "message": "oops", "status": 500}, status=500)
-        self.creates += 1
-        sid = "SM" + secrets.token_hex(16)
-        return web.json_response(
-            {"sid": sid, "account_sid": ACCOUNT, "status": "queued",
-             "date_created": formatdate(usegmt=True)}, status=201,
-        )  # fmt: skip
-
-    async def list(self, request: web.Request) -> web.Response:
-        self.lists += 1
-        self.in_flight_lists += 1
-        self.max_in_flight_lists = max(self.max_in_flight_lists, self.in_flight_lists)
-        try:
-            await asyncio.sleep(self.list_delay)
-            return web.Response(
-                body=json.dumps({"messages": [], "next_page_uri": None}),
-                content_type="application/json",
-            )
-        finally:
-            self.in_flight_lists -= 1
-
-    async def stop(self) -> None:
-        assert self.runner is not None
-        await self.runner.cleanup()
-
-
-@pytest.fixture
-async def silent_twilio():
-    fake = await SilentTwilio().start()
-    yield fake
-    await fake.stop()
 
 
 async def test_no_evidence_means_409_and_never_a_resend(proxies, silent_twilio, http):

@@ -13,7 +13,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from proxy.sandbox import (
     FAULT_HEADER,
@@ -26,39 +25,22 @@ from proxy.sandbox import (
     start_sandbox,
 )
 from proxy.sandbox.messages import count_segments
+from tests.sandboxclient import (
+    ACCOUNT,
+    API_KEY,
+    BASE,
+    CALLS,
+    MESSAGES,
+    OTHER_ACCOUNT,
+    SEND,
+    Client,
+    ClientFactory,
+    basic,
+    get_json,
+    send,
+)
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
-API_KEY = "SK" + "abcdef0123456789" * 2
-TOKEN = "sandbox-auth-token"
-BASE = f"/2010-04-01/Accounts/{ACCOUNT}"
-MESSAGES = f"{BASE}/Messages.json"
-CALLS = f"{BASE}/Calls.json"
-SEND = [("To", "+15558675310"), ("From", "+15005550006"), ("Body", "hello")]
 MESSAGE_SID = re.compile(r"^(SM|MM)[0-9a-f]{32}$")
-
-Client = TestClient[web.Request, web.Application]
-ClientFactory = Callable[..., Awaitable[Client]]
-
-
-def basic(username: str = ACCOUNT, password: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": aiohttp.encode_basic_auth(username, password)}
-
-
-@pytest.fixture
-def state() -> SandboxState:
-    return SandboxState()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, state: SandboxState) -> Client:
-    return await aiohttp_client(create_sandbox_app(state), headers=basic())
-
-
-async def send(client: Client, form: list[tuple[str, str]] = SEND, **kwargs: Any) -> Any:
-    """POST a create and return (status, JSON body)."""
-    async with client.post(MESSAGES, data=form, **kwargs) as response:
-        return response.status, await response.json()
 
 
 def assert_twilio_error(body: dict[str, Any], code: int, status: int) -> None:
@@ -270,12 +252,6 @@ async def create_many(client: Client, recipients: list[str]) -> list[str]:
         )
         sids.append(message["sid"])
     return sids
-
-
-async def get_json(client: Client, uri: str, **params: str) -> Any:
-    async with client.get(uri, params=params) as response:
-        assert response.status == 200, await response.text()
-        return await response.json()
 
 
 async def test_list_filters_by_to_and_from_newest_first(client: Client) -> None:

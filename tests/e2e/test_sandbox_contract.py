@@ -18,7 +18,9 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client as TwilioClient
 
 from proxy.sandbox import Fault, SandboxState, create_sandbox_app, start_sandbox, twilio_signature
-from tests.e2e.test_sandbox import (
+from tests.harness import twilio_client
+from tests.paths import SHARED_DIR
+from tests.sandboxclient import (
     ACCOUNT,
     CALLS,
     MESSAGES,
@@ -30,21 +32,10 @@ from tests.e2e.test_sandbox import (
     get_json,
     send,
 )
-from tests.paths import SHARED_DIR
 
 SHARED = SHARED_DIR
 OAI_SPEC = SHARED / "twilio-oai" / "twilio_api_v2010.json"
 requires_spec = pytest.mark.skipif(not OAI_SPEC.exists(), reason=f"{OAI_SPEC} not found")
-
-
-@pytest.fixture
-def state() -> SandboxState:
-    return SandboxState()
-
-
-@pytest.fixture
-async def client(aiohttp_client: ClientFactory, state: SandboxState) -> Client:
-    return await aiohttp_client(create_sandbox_app(state), headers=basic())
 
 
 # -- the OpenAPI schema -----------------------------------------------------------------------
@@ -157,16 +148,15 @@ async def sandbox_url(monkeypatch: pytest.MonkeyPatch, state: SandboxState) -> A
     await runner.cleanup()
 
 
-def twilio_client(url: str) -> TwilioClient:
-    client = TwilioClient(ACCOUNT, TOKEN)
-    client.api.base_url = url
-    return client
+def sandbox_twilio(url: str) -> TwilioClient:
+    """twilio-python pointed at the sandbox, with the sandbox's own auth token."""
+    return twilio_client(url, token=TOKEN)
 
 
 async def test_twilio_python_creates_fetches_and_lists(
     sandbox_url: str, state: SandboxState
 ) -> None:
-    client = twilio_client(sandbox_url)
+    client = sandbox_twilio(sandbox_url)
     since = datetime.now(UTC) - timedelta(seconds=5)
     created = await asyncio.to_thread(
         client.messages.create,
@@ -195,7 +185,7 @@ async def test_twilio_python_creates_fetches_and_lists(
 async def test_twilio_python_raises_21610_for_an_opted_out_recipient(
     sandbox_url: str, state: SandboxState
 ) -> None:
-    client = twilio_client(sandbox_url)
+    client = sandbox_twilio(sandbox_url)
     with pytest.raises(TwilioRestException) as raised:
         await asyncio.to_thread(
             client.messages.create, to="+15005550004", from_="+15005550006", body="hi"
@@ -210,7 +200,7 @@ async def test_twilio_python_sees_a_429_as_a_rest_exception(
     state.push_fault(Fault("429", seconds=1))
     with pytest.raises(TwilioRestException) as raised:
         await asyncio.to_thread(
-            twilio_client(sandbox_url).messages.create, to="+1555", from_="+15005550006", body="x"
+            sandbox_twilio(sandbox_url).messages.create, to="+1555", from_="+15005550006", body="x"
         )
     assert (raised.value.code, raised.value.status) == (20429, 429)
 

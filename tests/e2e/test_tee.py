@@ -36,24 +36,17 @@ from proxy.tee import (
     rewrite_status_callback,
 )
 from proxy.tee import handler as tee_handler
+from tests.identities import ACCOUNT, OTHER_ACCOUNT, OTHER_TOKEN, SENDER, TOKEN, basic_auth
 from tests.servers import free_port
+from tests.webapps import serve_app
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-TOKEN = "f" * 32
-OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
-OTHER_TOKEN = "e" * 32  # another account's genuine token, e.g. a forger's own
 SECRET = b"k" * 32
 PUBLIC = "https://sendguard.example.com"  # what Twilio calls; the tee listens on 127.0.0.1
 TO = "+15558675310"
-SENDER = "+15005550006"
 MESSAGE_SID = "SM" + "a" * 32
 APP_SECRET_QUERY = "tenant=7&sig=app-own-secret"
 # The send a wrapped URL is made for: ACCOUNT's send to TO.
 BINDING = CallbackBinding(ACCOUNT, recipient_tag(ACCOUNT, TO), "k" + "0" * 40)
-
-
-def basic(account: str = ACCOUNT, token: str = TOKEN) -> str:
-    return "Basic " + base64.b64encode(f"{account}:{token}".encode()).decode()
 
 
 def callback_params(
@@ -122,10 +115,7 @@ class AppReceiver:
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    return await serve_app(app, shutdown_timeout=1)
 
 
 @pytest.fixture
@@ -715,7 +705,7 @@ async def test_learned_tokens_verify_callbacks(receiver):
     try:
         wrapped = tee.wrap(receiver.url())
         assert (await tee.post(wrapped))[0] == 403
-        tee.tokens.learn_from_authorization(basic())
+        tee.tokens.learn_from_authorization(basic_auth())
         assert (await tee.post(wrapped))[0] == 204
     finally:
         await runner.cleanup()
@@ -756,7 +746,7 @@ async def test_sandbox_callbacks_reach_the_app_resigned(receiver):
         send = CallbackBinding(ACCOUNT, recipient_tag(ACCOUNT, TO), "f" + "3" * 40)
         rewritten = rewrite_status_callback(form, tee.codec, send)
         assert rewritten is not None
-        auth = basic()
+        auth = basic_auth()
         tee.tokens.learn_from_authorization(auth)  # as sendguard does from the send
         state.push_fault(Fault("undelivered", code=30007))
         async with session.post(

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl
 
@@ -36,6 +36,7 @@ from tests.harness import (
     post_send,
 )
 from tests.servers import free_port
+from tests.webapps import SignatureCheckingApp, serving
 
 TO = "+15558675310"
 CALLBACK_SECRET = "c" * 32
@@ -74,47 +75,19 @@ class ScriptedTwilio:
         return self.creates[-1]["StatusCallback"]
 
 
-@dataclass
-class AppReceiver:
-    """The app's callback endpoint: what it got, and whether it validated with TOKEN."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bool]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        form = dict(parse_qsl((await request.read()).decode(), keep_blank_values=True))
-        signature = request.headers.get("X-Twilio-Signature", "")
-        valid = RequestValidator(TOKEN).validate(str(request.url), form, signature)
-        self.received.append((form, valid))
-        return web.Response(status=204)
-
-
-async def _serve(
-    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-
 @pytest.fixture
 async def twilio() -> AsyncIterator[ScriptedTwilio]:
     scripted = ScriptedTwilio()
-    runner, scripted.url = await _serve(scripted.handle)
-    yield scripted
-    await runner.cleanup()
+    async with serving(scripted.handle) as scripted.url:
+        yield scripted
 
 
 @pytest.fixture
-async def app_receiver() -> AsyncIterator[AppReceiver]:
-    receiver = AppReceiver()
-    runner, base = await _serve(receiver.handle)
-    receiver.url = f"{base}/twilio/status?tenant=7"
-    yield receiver
-    await runner.cleanup()
+async def app_receiver() -> AsyncIterator[SignatureCheckingApp]:
+    receiver = SignatureCheckingApp()
+    async with serving(receiver.handle) as base:
+        receiver.url = f"{base}/twilio/status?tenant=7"
+        yield receiver
 
 
 @pytest.fixture

@@ -8,52 +8,27 @@ real signed callbacks to whatever StatusCallback reached it, i.e. sendguard's te
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
-
 import aiohttp
 import pytest
-from aiohttp import web
-from twilio.request_validator import RequestValidator
 
 from proxy.sandbox.faults import Fault
 from proxy.sandbox.state import CallbackAttempt
 from proxy.tee import CALLBACK_PATH_PREFIX
 from tests.harness import ACCOUNT, SENDER, TOKEN, post_send
 from tests.servers import free_port
+from tests.webapps import SignatureCheckingApp, serving
 
 TO = "+15558675310"
 APP_PATH = "/twilio/status?tenant=7"
 
 
-@dataclass
-class AppReceiver:
-    """The app's status-callback endpoint: records each callback and whether its signature
-    validates for the app's own URL with the account's auth token."""
-
-    url: str = ""
-    received: list[tuple[dict[str, str], bool]] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        form = dict(parse_qsl((await request.read()).decode(), keep_blank_values=True))
-        signature = request.headers.get("X-Twilio-Signature", "")
-        valid = RequestValidator(TOKEN).validate(str(request.url), form, signature)
-        self.received.append((form, valid))
-        return web.Response(status=204)
-
-
 @pytest.fixture
 async def app_receiver():
-    receiver = AppReceiver()
-    app = web.Application()
-    app.router.add_post("/twilio/status", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.url = f"http://127.0.0.1:{runner.addresses[0][1]}{APP_PATH}"
-    yield receiver
-    await runner.cleanup()
+    """The app's status-callback endpoint (POST /twilio/status only)."""
+    receiver = SignatureCheckingApp()
+    async with serving(receiver.handle, method="POST", path="/twilio/status") as base:
+        receiver.url = f"{base}{APP_PATH}"
+        yield receiver
 
 
 @pytest.fixture
@@ -76,7 +51,7 @@ def send_form(app_url: str, body: str = "Your code is 1234") -> list[tuple[str, 
     return [("To", TO), ("From", SENDER), ("Body", body), ("StatusCallback", app_url)]
 
 
-def callback_to_app(receiver: AppReceiver, status: str) -> tuple[dict[str, str], bool]:
+def callback_to_app(receiver: SignatureCheckingApp, status: str) -> tuple[dict[str, str], bool]:
     matching = [item for item in receiver.received if item[0].get("MessageStatus") == status]
     assert len(matching) == 1, receiver.received
     return matching[0]

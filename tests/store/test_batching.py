@@ -12,6 +12,7 @@ from redis.exceptions import ResponseError
 
 from proxy.store.batching import AutoPipeline
 from proxy.store.send_store import SendRef, SendStore
+from tests.spies import CallCounter
 from tests.store.test_scripts import request
 
 
@@ -24,15 +25,8 @@ async def client(shared_redis_url):
 
 async def test_concurrent_callers_share_pipelines_and_get_their_own_answers(client):
     batcher = AutoPipeline(client)
-    exchanges = 0
-    original = client.connection_pool.get_connection
-
-    async def counting(*args, **kwargs):
-        nonlocal exchanges
-        exchanges += 1
-        return await original(*args, **kwargs)
-
-    client.connection_pool.get_connection = counting  # type: ignore[method-assign]
+    exchanges = CallCounter()
+    exchanges.wrap(client.connection_pool, "get_connection")
 
     async def caller(i: int) -> list:
         return await batcher.execute(
@@ -41,7 +35,7 @@ async def test_concurrent_callers_share_pipelines_and_get_their_own_answers(clie
 
     answers = await asyncio.gather(*(caller(i) for i in range(200)))
     assert answers == [[True, f"v{i}".encode()] for i in range(200)]
-    assert exchanges <= 4  # 200 callers, batches of at most 128: a handful of pipelines
+    assert exchanges.count <= 4  # 200 callers, batches of at most 128: a handful of pipelines
     await batcher.drain()
 
 

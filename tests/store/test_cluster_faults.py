@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
 import redis
 
@@ -35,13 +34,6 @@ def cluster():
     topology.start()
     yield topology
     topology.stop()
-
-
-@pytest.fixture
-async def burst_http():
-    """A client session without aiohttp's default cap of 100 connections: a real burst."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
 
 
 async def two_instances(proxies, fake, cluster: ClusterTopology, **overrides: Any) -> tuple:

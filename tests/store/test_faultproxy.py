@@ -24,10 +24,8 @@ from tests.servers import ServerProcess
 
 @pytest.fixture(scope="module")
 def server():
-    process = ServerProcess()
-    process.start()
-    yield process
-    process.stop()
+    with ServerProcess() as process:
+        yield process
 
 
 @pytest.fixture
@@ -40,10 +38,8 @@ async def direct(server):
 
 @pytest.fixture
 async def fault(server):
-    proxy = FaultProxy("127.0.0.1", server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        yield proxy
 
 
 def client_through(proxy: FaultProxy, timeout: float = 2.0) -> Redis:

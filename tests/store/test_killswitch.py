@@ -32,9 +32,9 @@ from proxy.killswitch import (
 from proxy.killswitch.store import Subscription
 from proxy.store import keys
 from proxy.store.send_store import StoreError
+from tests.identities import ACCOUNT as AC
 from tests.servers import ServerProcess, free_port
 
-AC = "AC" + "0123456789abcdef" * 2
 AC2 = "AC" + "f" * 32
 MG = "MG" + "abcdef0123456789" * 2
 TO = "+447700900123"

@@ -47,10 +47,8 @@ async def stall(client: LeanClient, seconds: float) -> Any:
 @pytest.fixture
 def server() -> Iterator[ServerProcess]:
     """A server of this test's own: these tests stop, kill and restart it."""
-    process = ServerProcess(extra_args=["--enable-debug-command", "yes"])
-    process.start()
-    yield process
-    process.stop()
+    with ServerProcess(extra_args=["--enable-debug-command", "yes"]) as process:
+        yield process
 
 
 @pytest.fixture
@@ -62,10 +60,8 @@ async def client(server: ServerProcess) -> AsyncIterator[LeanClient]:
 
 @pytest.fixture
 async def fault(server: ServerProcess) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy("127.0.0.1", server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        yield proxy
 
 
 def reads_processed(server: ServerProcess) -> int:

@@ -17,11 +17,10 @@ from redis.asyncio.sentinel import Sentinel
 
 from proxy.guard.dedup import RecordState, StoredResponse
 from proxy.server.app import REDIS, RUNTIME, store_client
-from proxy.store import scripts
 from proxy.store.lean import LeanClient
 from proxy.store.lean_path import lean_client_like
 from proxy.store.send_store import ClaimRequest, SendRef, SendStore, StoreError
-from tests.faultproxy import FaultProxy, evalsha
+from tests.faultproxy import FaultProxy, evalsha, script_sha
 from tests.harness import SENDER, ProxyInstance, post_send
 from tests.servers import ServerProcess
 
@@ -152,18 +151,14 @@ def test_the_lean_client_reaches_what_the_redis_py_client_reaches():
 
 @pytest.fixture
 def server() -> Iterator[ServerProcess]:
-    process = ServerProcess()
-    process.start()
-    yield process
-    process.stop()
+    with ServerProcess() as process:
+        yield process
 
 
 @pytest.fixture
 async def link(server: ServerProcess) -> AsyncIterator[FaultProxy]:
-    proxy = FaultProxy("127.0.0.1", server.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        yield proxy
 
 
 @pytest.fixture
@@ -174,12 +169,6 @@ async def lean_store(link: FaultProxy) -> AsyncIterator[SendStore]:
     yield store
     await store.aclose()
     await client.aclose()
-
-
-def script_sha(name: str) -> bytes:
-    import hashlib
-
-    return hashlib.sha1(getattr(scripts, name).encode()).hexdigest().encode()
 
 
 async def test_every_hot_call_answers_as_on_redis_py(server: ServerProcess, lean_store):
@@ -231,7 +220,7 @@ async def test_noscript_runs_the_script_as_eval_then_evalsha_again(server, lean_
 async def test_a_dropped_connection_is_retried_once(link: FaultProxy, lean_store):
     assert lean_store.lean is not None
     await lean_store.claim(SendRef("rTAG", "warm"), request())  # scripts loaded, connected
-    link.drop_after_reply(evalsha(script_sha("CLAIM").decode()), times=1)
+    link.drop_after_reply(evalsha(script_sha("CLAIM")), times=1)
     result = await lean_store.claim(REF, request())
     # The claim ran, its answer was lost; the retry finds its own claim (compare-and-set).
     assert result.claimed or (result.record is not None and result.record.token == "t1")
@@ -240,7 +229,7 @@ async def test_a_dropped_connection_is_retried_once(link: FaultProxy, lean_store
 
 async def test_two_dropped_connections_are_a_store_error(link: FaultProxy, lean_store):
     await lean_store.claim(SendRef("rTAG", "warm"), request())
-    link.drop_after_reply(evalsha(script_sha("COMPLETE").decode()), times=2)
+    link.drop_after_reply(evalsha(script_sha("COMPLETE")), times=2)
     with pytest.raises(StoreError, match="LeanConnectionError"):
         await lean_store.complete(
             REF, token="t1", response=RESPONSE, message_sid="", ttl_ms=1000, content="to"

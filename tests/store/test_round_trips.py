@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from proxy.server.app import REDIS, RUNTIME
 from tests.harness import SENDER, post_send
+from tests.spies import CallCounter
 
 
 async def test_store_round_trips_per_request_kind(proxies, fake_twilio, shared_redis_url, http):
@@ -25,32 +26,17 @@ async def test_store_round_trips_per_request_kind(proxies, fake_twilio, shared_r
     runtime = proxy.app[RUNTIME]
     await runtime.journal.flush(5)  # the warm-ups' completes are written after their answers
     pool = proxy.app[REDIS].connection_pool
-    taken = 0
-    original = pool.get_connection
-
-    async def counting_get_connection(*args, **kwargs):
-        nonlocal taken
-        taken += 1
-        return await original(*args, **kwargs)
-
-    pool.get_connection = counting_get_connection  # type: ignore[method-assign]
+    taken = CallCounter()
+    taken.wrap(pool, "get_connection")
     lean = runtime.store.lean
     assert lean is not None, "a standalone store's hot path runs on the lean client"
-    original_batch = lean.client.execute_batch
-
-    async def counting_execute_batch(*args, **kwargs):
-        nonlocal taken
-        taken += 1
-        return await original_batch(*args, **kwargs)
-
-    lean.client.execute_batch = counting_execute_batch  # type: ignore[method-assign]
+    taken.wrap(lean.client, "execute_batch")
 
     async def round_trips(action) -> int:
-        nonlocal taken
-        taken = 0
+        taken.count = 0
         await action()
         await runtime.journal.flush(5)  # a fresh send's complete is written after its answer
-        return taken
+        return taken.count
 
     async def passthrough_get() -> None:
         async with http.get(proxy.url + "/2010-04-01/Accounts.json") as answer:

@@ -21,10 +21,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def topology():
-    topology = SentinelTopology()
-    topology.start()
-    yield topology
-    topology.stop()
+    with SentinelTopology() as topology:
+        yield topology
 
 
 def form(n: int) -> dict[str, str]:
@@ -41,6 +39,15 @@ async def send_until_definite(http, url, body, key, deadline):
         await asyncio.sleep(0.2)
 
 
+async def engage(http, instance, scope: str, reason: str) -> None:
+    async with http.post(
+        instance.admin_url + "/v1/kill-switches",
+        json={"scope": scope, "reason": reason},
+        headers={"Authorization": "Bearer t"},
+    ) as answer:
+        assert answer.status in (200, 201)
+
+
 async def test_dedup_and_the_kill_switch_hold_across_a_failover(
     topology, proxies, fake_twilio, http
 ):
@@ -51,12 +58,7 @@ async def test_dedup_and_the_kill_switch_hold_across_a_failover(
     for n in range(20):
         status, headers, _ = await post_send(http, first.url, form(n), key=f"k{n}")
         assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
-    async with http.post(
-        first.admin_url + "/v1/kill-switches",
-        json={"scope": "recipient:+15557009999", "reason": "drill"},
-        headers={"Authorization": "Bearer t"},
-    ) as answer:
-        assert answer.status in (200, 201)
+    await engage(http, first, "recipient:+15557009999", "drill")
 
     old = topology.kill_master()
     await asyncio.to_thread(topology.wait_for_failover, old)
@@ -74,12 +76,7 @@ async def test_dedup_and_the_kill_switch_hold_across_a_failover(
     assert (status, headers["X-Sendguard-Decision"]) == (503, "killed")
     # The push follows the new master: a switch engaged on one instance after the failover
     # reaches the other within a second.
-    async with http.post(
-        second.admin_url + "/v1/kill-switches",
-        json={"scope": "recipient:+15557008888", "reason": "after the failover"},
-        headers={"Authorization": "Bearer t"},
-    ) as answer:
-        assert answer.status in (200, 201)
+    await engage(http, second, "recipient:+15557008888", "after the failover")
     engaged_at = loop.time()
     while True:
         status, headers, _ = await post_send(http, first.url, form(8888))

@@ -21,7 +21,6 @@ twice (`times=2`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Iterable
@@ -36,7 +35,7 @@ from proxy.sandbox import Fault
 from proxy.server.app import METRICS
 from proxy.settings import Settings
 from proxy.store import scripts
-from tests.faultproxy import FaultProxy, contains, evalsha
+from tests.faultproxy import FaultProxy, contains, evalsha, script_sha
 from tests.harness import MESSAGES, SENDER, ProxyInstance, basic_auth, post_send
 from tests.servers import ServerProcess
 
@@ -53,10 +52,6 @@ _SETTINGS = set(Settings.model_fields)
 def supported(**settings: Any) -> dict[str, Any]:
     """Settings this build knows (the store-outage work adds some): others are left out."""
     return {name: value for name, value in settings.items() if name in _SETTINGS}
-
-
-def script_sha(name: str) -> str:
-    return hashlib.sha1(getattr(scripts, name).encode()).hexdigest()
 
 
 async def load_scripts(port: int) -> None:
@@ -199,20 +194,16 @@ class ModeWatch:
 
 @pytest.fixture
 async def valkey():
-    server = ServerProcess()
-    server.start()
-    await load_scripts(server.port)
-    yield server
-    server.stop()
+    with ServerProcess() as server:
+        await load_scripts(server.port)
+        yield server
 
 
 @pytest.fixture
 async def link(valkey):
     """The fault proxy between sendguard and its store."""
-    proxy = FaultProxy("127.0.0.1", valkey.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with FaultProxy("127.0.0.1", valkey.port) as proxy:
+        yield proxy
 
 
 @dataclass
@@ -296,19 +287,27 @@ RETRY_ON = pytest.mark.parametrize("retry_on", ["same", "other"])
 POLICY = pytest.mark.parametrize("policy", ["closed", "local"])
 
 
+async def lose_the_reply_then_retry(
+    rig: Rig, script: str, send: str, first_status: int, retry_on: str
+) -> None:
+    """`script` runs on the server but its answer is lost (on both of redis-py's tries): the
+    client still gets Twilio's `first_status`, and the retry is never forwarded again."""
+    rig.link.drop_after_reply(evalsha(script_sha(script)), times=2)
+    first = await rig.ledger.send(rig.http, rig.first, send, key=f"key-{send}")
+    assert (first.status, first.decision) == (first_status, "forwarded")
+    await rig.link.wait_until(lambda p: p.replies_dropped >= 1, what="a lost answer")
+    await retry_answers(rig, send, retry_on, key=f"key-{send}")
+    rig.ledger.check(rig.fake)
+    assert_one_create(rig, send)
+
+
 @RETRY_ON
 @POLICY
 async def test_lost_reply_of_the_complete_script(rig_factory, retry_on, policy):
     """COMPLETE ran on the server, its answer never came back (both of redis-py's tries): the
     client still gets Twilio's answer, and a retry 0.3 s later is never forwarded again."""
     rig = await rig_factory(on_store_error=policy)
-    rig.link.drop_after_reply(evalsha(script_sha("COMPLETE")), times=2)
-    first = await rig.ledger.send(rig.http, rig.first, "a", key="key-a")
-    assert (first.status, first.decision) == (201, "forwarded")
-    await rig.link.wait_until(lambda p: p.replies_dropped >= 1, what="a lost answer")
-    await retry_answers(rig, "a", retry_on, key="key-a")
-    rig.ledger.check(rig.fake)
-    assert_one_create(rig, "a")
+    await lose_the_reply_then_retry(rig, "COMPLETE", "a", 201, retry_on)
 
 
 @RETRY_ON
@@ -320,13 +319,7 @@ async def test_lost_reply_of_the_mark_unknown_script_after_an_upstream_500(
     lost. The retry must not be forwarded: it is UNKNOWN, or in flight, or refused."""
     rig = await rig_factory(on_store_error=policy)
     rig.fake.push_fault(Fault("500-after-create"))
-    rig.link.drop_after_reply(evalsha(script_sha("MARK_UNKNOWN")), times=2)
-    first = await rig.ledger.send(rig.http, rig.first, "a5", key="key-a5")
-    assert (first.status, first.decision) == (500, "forwarded")
-    await rig.link.wait_until(lambda p: p.replies_dropped >= 1, what="a lost answer")
-    await retry_answers(rig, "a5", retry_on, key="key-a5")
-    rig.ledger.check(rig.fake)
-    assert_one_create(rig, "a5")
+    await lose_the_reply_then_retry(rig, "MARK_UNKNOWN", "a5", 500, retry_on)
 
 
 @RETRY_ON
@@ -597,13 +590,6 @@ async def test_keyed_claim_cut_after_the_key_index_write(rig_factory, retry_on):
 
 
 # -- a full connection pool ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def burst_http():
-    """A client session without aiohttp's default cap of 100 connections: a real burst."""
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        yield session
 
 
 async def test_a_burst_over_a_slow_store_never_sends_twice(rig_factory, burst_http):

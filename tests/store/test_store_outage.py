@@ -22,10 +22,8 @@ FORM = {"To": "+15558675310", "From": SENDER, "Body": "during the outage"}
 
 @pytest.fixture
 def redis_server():
-    server = ServerProcess()
-    server.start()
-    yield server
-    server.stop()
+    with ServerProcess() as server:
+        yield server
 
 
 OUTAGE_AFTER = 1.0  # seconds without a good probe before the policy engages (default 3 s)

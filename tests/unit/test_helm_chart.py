@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -32,6 +31,8 @@ import yaml
 
 from proxy.metrics import Metrics
 from proxy.settings import Settings, load_settings
+from tests.environ import clear_sendguard_env
+from tests.identities import ACCOUNT
 from tests.paths import REPO_ROOT
 
 CHART = REPO_ROOT / "helm" / "sendguard"
@@ -43,7 +44,6 @@ SIDECAR_SHARED_REDIS = yaml.safe_load(
 RELEASE = "demo"
 NAMESPACE = "sends"
 NEWEST = kubernetes_validate.latest_version()
-ACCOUNT = "AC" + "0123456789abcdef" * 2
 EXISTING_SECRET_VALUES = {
     "redis-url": "rediss://:pw@redis.shared.svc:6380/0",
     "admin-token": "a" * 32,
@@ -350,14 +350,27 @@ def sendguard_pods(manifests: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize(
+def the_sendguard_pod(manifests: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of a scenario with one sendguard pod, and its sendguard container."""
+    (spec,) = sendguard_pods(manifests)
+    return spec, sendguard_container(spec)
+
+
+def render_scenario(charts, name: str) -> list[dict[str, Any]]:
+    scenario = SCENARIOS[name]
+    return render(charts, scenario.chart, scenario.values)
+
+
+# The scenarios that run exactly one sendguard pod.
+ONE_POD = pytest.mark.parametrize(
     "name", ["default", "standalone", "example-native-sidecar", "example-classic-sidecar"]
 )
+
+
+@ONE_POD
 def test_probes_ask_the_admin_port(charts, name):
-    scenario = SCENARIOS[name]
-    manifests = render(charts, scenario.chart, scenario.values)
-    (spec,) = sendguard_pods(manifests)
-    container = sendguard_container(spec)
+    manifests = render_scenario(charts, name)
+    _, container = the_sendguard_pod(manifests)
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     env = effective_env(container, manifests)
     admin_port = int(env["SENDGUARD_ADMIN_LISTEN"].rpartition(":")[2])
@@ -375,8 +388,7 @@ def test_probes_ask_the_admin_port(charts, name):
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_every_pod_is_locked_down(charts, name):
-    scenario = SCENARIOS[name]
-    manifests = render(charts, scenario.chart, scenario.values)
+    manifests = render_scenario(charts, name)
     for workload in of_kind(manifests, "Deployment"):
         spec = pod_spec(workload)
         pod = spec.get("securityContext", {})
@@ -405,14 +417,10 @@ def test_every_pod_is_locked_down(charts, name):
         assert "emptyDir" in volume
 
 
-@pytest.mark.parametrize(
-    "name", ["default", "standalone", "example-native-sidecar", "example-classic-sidecar"]
-)
+@ONE_POD
 def test_the_pod_outlives_sendguards_shutdown_grace(charts, name):
-    scenario = SCENARIOS[name]
-    manifests = render(charts, scenario.chart, scenario.values)
-    (spec,) = sendguard_pods(manifests)
-    container = sendguard_container(spec)
+    manifests = render_scenario(charts, name)
+    spec, container = the_sendguard_pod(manifests)
     grace = int(effective_env(container, manifests)["SENDGUARD_SHUTDOWN_GRACE"])
     sleep = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert spec["terminationGracePeriodSeconds"] > grace + sleep
@@ -431,8 +439,7 @@ def test_a_too_short_termination_grace_is_refused(charts):
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    for key in [key for key in os.environ if key.startswith("SENDGUARD_")]:
-        monkeypatch.delenv(key)
+    clear_sendguard_env(monkeypatch)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return load_settings(None)
@@ -485,8 +492,7 @@ def test_config_and_secrets_reach_the_container(charts, monkeypatch):
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_sendguard_accepts_every_scenarios_config(charts, name, monkeypatch):
-    scenario = SCENARIOS[name]
-    manifests = render(charts, scenario.chart, scenario.values)
+    manifests = render_scenario(charts, name)
     for spec in sendguard_pods(manifests):
         container = sendguard_container(spec)
         settings_from(effective_env(container, manifests), monkeypatch)

@@ -24,9 +24,9 @@ from proxy.killswitch.model import (
     retry_after,
 )
 from proxy.killswitch.scopes import GLOBAL, Scope, ScopeKind
+from tests.identities import ACCOUNT as AC
 
 NOW = 1_800_000_000.0
-AC = "AC" + "0123456789abcdef" * 2
 AC2 = "AC" + "f" * 32
 MG = "MG" + "abcdef0123456789" * 2
 HEX = "0123456789abcdef" * 2

@@ -37,6 +37,9 @@ def test_outcome_table(end, status, action, answer, reason, counted, unknown):
     assert settlement.counted is counted
     assert settlement.unknown_reason == unknown
     assert settlement.sent is (action is not StoreAction.RELEASE)
+    # Only a definite answer (replayable from memory) is written after the client's answer.
+    definite = action in (StoreAction.COMPLETE, StoreAction.COMPLETE_UNCOUNTED)
+    assert settlement.written_after_answer is definite
 
 
 @pytest.mark.parametrize("status", range(100, 600))

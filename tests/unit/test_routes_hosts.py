@@ -5,8 +5,8 @@ import pytest
 from proxy.errors import UpstreamRefused
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.upstream.hosts import Upstream, select_upstream
+from tests.identities import ACCOUNT
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
 TABLE = RouteTable(
     [
         RouteSpec("messages", "POST", "/2010-04-01/Accounts/{AccountSid}/Messages.json", 600),

@@ -45,11 +45,8 @@ from proxy.tee.inbound import (
 from proxy.tee.rewrite import encode_form
 from proxy.tee.signing import compute_signature
 from proxy.tee.urls import CALLBACK_PATH_PREFIX, CallbackBinding, CallbackUrlCodec
+from tests.identities import ACCOUNT, OTHER_ACCOUNT, OTHER_TOKEN, TOKEN
 
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
-TOKEN = "f" * 32
-OTHER_TOKEN = "e" * 32
 SECRET = b"k" * 32
 PUBLIC = "https://sendguard.example.com"
 TO = "+15558675310"

@@ -28,11 +28,10 @@ from proxy.tee import (
     rewrite_status_callback,
     signature_matches,
 )
+from tests.identities import ACCOUNT, OTHER_ACCOUNT, basic_auth
+from tests.identities import TOKEN as AUTH_TOKEN
 
-TOKEN = "12345"
-AUTH_TOKEN = "f" * 32
-ACCOUNT = "AC" + "0123456789abcdef" * 2
-OTHER_ACCOUNT = "AC" + "fedcba9876543210" * 2
+TOKEN = "12345"  # the token of Twilio's own signature examples
 API_KEY = "SK" + "0123456789abcdef" * 2
 SECRET = b"s" * 32
 PUBLIC = "https://sendguard.example.com"
@@ -397,7 +396,7 @@ def test_tokens_of_the_first_unbound_format_are_refused_as_outdated():
 )
 def test_tokens_are_learned_only_from_creates_twilio_accepted(status, learned):
     routing = CallbackRouting(CallbackUrlCodec(PUBLIC, SECRET), AuthTokenBook({}))
-    routing.learn_credential(basic(ACCOUNT, AUTH_TOKEN), status)
+    routing.learn_credential(basic_auth(ACCOUNT, AUTH_TOKEN), status)
     assert routing.tokens.tokens_for(ACCOUNT) == ([AUTH_TOKEN] if learned else [])
 
 
@@ -412,18 +411,14 @@ def test_encode_form_keeps_order_and_repeats():
 # -- auth token book -------------------------------------------------------------------------
 
 
-def basic(username: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
-
-
 def test_token_book_learns_account_tokens_only():
     book = AuthTokenBook({ACCOUNT: "configured-token-1"})
     assert book.tokens_for(ACCOUNT) == ["configured-token-1"]
     assert book.tokens_for(OTHER_ACCOUNT) == []
 
-    book.learn_from_authorization(basic(OTHER_ACCOUNT, AUTH_TOKEN))
-    book.learn_from_authorization(basic(API_KEY, "k" * 32))  # an API key's secret: no
-    book.learn_from_authorization(basic(ACCOUNT, AUTH_TOKEN))
+    book.learn_from_authorization(basic_auth(OTHER_ACCOUNT, AUTH_TOKEN))
+    book.learn_from_authorization(basic_auth(API_KEY, "k" * 32))  # an API key's secret: no
+    book.learn_from_authorization(basic_auth(ACCOUNT, AUTH_TOKEN))
     assert book.tokens_for(OTHER_ACCOUNT) == [AUTH_TOKEN]
     assert book.tokens_for(ACCOUNT) == ["configured-token-1", AUTH_TOKEN]
     assert book.tokens_for(API_KEY) == []
@@ -437,11 +432,11 @@ def test_token_book_learns_account_tokens_only():
         "Basic !!!",
         "Bearer " + base64.b64encode(f"{ACCOUNT}:{AUTH_TOKEN}".encode()).decode(),
         "Basic " + base64.b64encode(ACCOUNT.encode()).decode(),  # no colon
-        basic(ACCOUNT, ""),
-        basic(ACCOUNT, "short"),
-        basic(ACCOUNT, "has space in it"),
-        basic("AC123", AUTH_TOKEN),
-        basic("ac" + ACCOUNT[2:] + "0", AUTH_TOKEN),
+        basic_auth(ACCOUNT, ""),
+        basic_auth(ACCOUNT, "short"),
+        basic_auth(ACCOUNT, "has space in it"),
+        basic_auth("AC123", AUTH_TOKEN),
+        basic_auth("ac" + ACCOUNT[2:] + "0", AUTH_TOKEN),
         "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),
         "Basic " + "A" * 5000,
     ],
@@ -455,14 +450,14 @@ def test_token_book_ignores_malformed_authorization(header):
 def test_token_book_is_bounded_and_keeps_newest():
     book = AuthTokenBook({}, max_tokens_per_account=3, max_accounts=2)
     for i in range(5):
-        book.learn_from_authorization(basic(ACCOUNT, f"token-{i:04d}"))
-    book.learn_from_authorization(basic(ACCOUNT, "token-0003"))  # seen again: newest
+        book.learn_from_authorization(basic_auth(ACCOUNT, f"token-{i:04d}"))
+    book.learn_from_authorization(basic_auth(ACCOUNT, "token-0003"))  # seen again: newest
     assert book.tokens_for(ACCOUNT) == ["token-0003", "token-0004", "token-0002"]
 
     third = "AC" + "1" * 32
-    book.learn_from_authorization(basic(OTHER_ACCOUNT, AUTH_TOKEN))
-    book.learn_from_authorization(basic(ACCOUNT, "token-0003"))  # ACCOUNT used most recently
-    book.learn_from_authorization(basic(third, AUTH_TOKEN))
+    book.learn_from_authorization(basic_auth(OTHER_ACCOUNT, AUTH_TOKEN))
+    book.learn_from_authorization(basic_auth(ACCOUNT, "token-0003"))  # ACCOUNT used most recently
+    book.learn_from_authorization(basic_auth(third, AUTH_TOKEN))
     assert book.tokens_for(OTHER_ACCOUNT) == []  # least recently used account evicted
     assert book.tokens_for(ACCOUNT)[0] == "token-0003"
     assert book.tokens_for(third) == [AUTH_TOKEN]
