@@ -11,9 +11,10 @@ three in the claim round trip: `msg:<content>`, `from:<sender>`, `to`.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from proxy.durations import parse_duration
 from proxy.guard.protection import Suppression
@@ -95,7 +96,7 @@ def learn(
 def error_code_in(status: int, body: bytes) -> int | None:
     """Twilio's code in an answer: an error body's `code`, or a Message's `error_code`."""
     try:
-        payload: Any = json.loads(body)
+        payload: Any = orjson.loads(body)
     except ValueError:
         return None
     if not isinstance(payload, dict):
@@ -122,7 +123,7 @@ class MessageFacts:
 def messages_in(body: bytes) -> list[MessageFacts]:
     """Messages in a fetch (one Message) or list (`messages: [...]`) answer; else []."""
     try:
-        payload: Any = json.loads(body)
+        payload: Any = orjson.loads(body)
     except ValueError:
         return []
     items = payload.get("messages") if isinstance(payload, dict) else None

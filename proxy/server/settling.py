@@ -14,9 +14,10 @@ UNKNOWN at lease end (never a resend).
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Coroutine
+
+import orjson
 
 from proxy.errors import StoreUnavailable
 from proxy.guard.dedup import DedupRecord, StoredResponse
@@ -248,7 +249,7 @@ def message_sid(status: int, body: bytes) -> str:
     if not 200 <= status < 300:
         return ""
     try:
-        payload = json.loads(body)
+        payload = orjson.loads(body)
     except ValueError:
         return ""  # e.g. the XML flavour of the API
     sid = payload.get("sid") if isinstance(payload, dict) else None

@@ -61,6 +61,8 @@ from enum import StrEnum
 from string import Template
 from typing import Any
 
+import orjson
+
 from proxy.guard.dedup import DedupRecord, RecordState, StoredResponse
 from proxy.guard.protection import RecipientState, Suppression
 from proxy.store.answer import decode_answer, encode_answer
@@ -254,7 +256,7 @@ def learned_lines(learned: Sequence[tuple[str, Suppression, int]]) -> str:
 
 def decode_recipient_state(raw: bytes, token: str) -> RecipientState:
     """CLAIM's 'claimed' snapshot (JSON made by the script's cjson)."""
-    data: dict[str, Any] = json.loads(raw)
+    data: dict[str, Any] = orjson.loads(raw)  # every claim reply: the C parser
     # cjson encodes an empty Lua table as {}: treat it as an empty list.
     counts = data.get("counts") or []
     hits = data.get("hits") or []
