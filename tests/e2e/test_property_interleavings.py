@@ -1150,3 +1150,73 @@ def test_at_most_once_under_random_interleavings_and_faults(capsys):
                 with open(os.environ["SENDGUARD_PROVE_BUDGET"], "w") as out:
                     out.write(budget.as_json())
     assert budget.violations == 0
+
+
+# -- the interleavings it found, kept -----------------------------------------------------------
+
+# Each is the shrunk script the state machine printed against a tree with one fix reverted
+# (README, "Proof runs"): the CI run replays them on every change, whatever its random
+# examples happen to reach. Each fails on its reverted tree and must pass here.
+FOUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    # an upstream timeout released instead of marked UNKNOWN: the retry was sent again
+    "timeout-is-unknown": [
+        ("start", {"policy": "closed", "upstream": "sandbox", "count": 2, "list_lag": 0.0}),
+        ("upstream_fault", {"kind": "hang"}),
+        ("send", {"sends": [(0, 0)]}),
+        ("resend_elsewhere", {"on": 0}),
+    ],
+    # a chunked answer read only as far as it was buffered: a 201 without its SID
+    "chunked-answer-read-whole": [
+        ("start", {"policy": "closed", "upstream": "raw", "count": 2, "list_lag": 0.0}),
+        ("upstream_answer", {"answer": Answer.CHUNKED}),
+        ("send_twice_at_once", {"first": 0, "second": 0, "send": 0}),
+    ],
+    # an answer cut mid-body taken for "not sent": released, and the duplicate sent again
+    "short-answer-is-ambiguous": [
+        ("start", {"policy": "closed", "upstream": "raw", "count": 2, "list_lag": 0.0}),
+        ("upstream_answer", {"answer": Answer.SHORT}),
+        ("send_twice_at_once", {"first": 0, "second": 0, "send": 0}),
+    ],
+    # one failed store command flipped the instance to its outage store: sent again there
+    "store-error-is-not-an-outage": [
+        ("start", {"policy": "local", "upstream": "sandbox", "count": 2, "list_lag": 0.0}),
+        ("send", {"sends": [(0, 1)]}),
+        (
+            "store_fault",
+            {"fault": "lose-reply", "script": "CLAIM", "times": 2, "seconds": 0.5, "link": None},
+        ),
+        ("send", {"sends": [(0, 0)]}),  # its claim's answers lost: 503, nothing sent
+        ("wait", {"seconds": 0.3}),
+        ("send", {"sends": [(0, 0)]}),
+    ],
+    # the outage's records not merged back: a retry after recovery was sent again
+    "outage-records-merged": [
+        ("start", {"policy": "local", "upstream": "sandbox", "count": 2, "list_lag": 0.0}),
+        ("store_outage", {"link": None}),
+        ("send_twice_at_once", {"first": 1, "second": 0, "send": 1}),
+        ("store_recovers", {}),
+        ("wait", {"seconds": 0.3}),  # clear of the recovery: the retries are not "degraded"
+        ("send", {"sends": [(1, 0), (1, 1)]}),
+    ],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FOUND))
+def test_an_interleaving_it_found_stays_fixed(name):
+    global WORLD
+    WORLD = World(cluster=False)
+    logs = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
+    try:
+        state = Interleavings()
+        for rule_name, arguments in FOUND[name]:
+            getattr(state, rule_name)(**arguments)
+            state.check()
+        state.teardown()  # raises the violation, with the case's report
+    finally:
+        structlog.configure(**logs)
+        try:
+            WORLD.close()
+        finally:
+            WORLD = None
