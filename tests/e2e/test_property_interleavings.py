@@ -108,6 +108,7 @@ READ_TIMEOUT = 0.5
 OUTAGE_AFTER = 1.0
 OUTAGE_SECONDS = 3.5  # store_outage: long enough to send during it after it is declared
 RECOVERY_BOUND = 5.0  # store_recovers: the prober's next good probe, then the merge
+EXPLAIN_SECONDS = 2.0  # an UNKNOWN answer's record may be merged back a moment later
 INFLIGHT_WAIT = 0.3
 # SPEC §3.1: the lease is the 429 budget (0 here) + connect + read timeout + 2 s margin.
 LEASE = CONNECT_TIMEOUT + READ_TIMEOUT + 2.0
@@ -676,7 +677,19 @@ class Case:
     async def unknown_explained(
         self, send: LogicalSend, ref: SendRef, instance: ProxyInstance
     ) -> str:
-        """'' when an UNKNOWN record explains the refusal; else what was found instead."""
+        """'' when an UNKNOWN record explains the refusal, now or within EXPLAIN_SECONDS (an
+        instance switching back from its outage store merges the record a moment later);
+        else what was found instead."""
+        deadline = asyncio.get_running_loop().time() + EXPLAIN_SECONDS
+        while True:
+            found = await self._unknown_explained_now(send, ref, instance)
+            if not found or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.1)
+
+    async def _unknown_explained_now(
+        self, send: LogicalSend, ref: SendRef, instance: ProxyInstance
+    ) -> str:
         record = self.world.store.record(ref.record)  # the shared store, read directly
         if record is not None and record.state is RecordState.UNKNOWN:
             return ""
@@ -690,13 +703,18 @@ class Case:
         if pending is not None and pending.action is StoreAction.MARK_UNKNOWN:
             return ""  # still owed to the store by the instance that answered
         local = getattr(getattr(runtime, "failover", None), "_local", None)
+        local_state = "no outage store"
         if local is not None:
-            with contextlib.suppress(Exception):
+            try:
                 mine = await local.store.get(ref)
+            except Exception as exc:
+                local_state = f"outage store unreadable ({type(exc).__name__})"
+            else:
                 if mine is not None and mine.state is RecordState.UNKNOWN:
                     return ""  # on this instance's outage store
+                local_state = f"outage store: {mine.state.value if mine else 'no record'}"
         state = "no record" if record is None else f"record {record.state.value}"
-        return f"{state} in the store, nothing pending in the journal"
+        return f"{state} in the store, nothing pending in the journal, {local_state}"
 
     # -- the invariants -------------------------------------------------------------------------
 
