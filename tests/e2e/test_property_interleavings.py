@@ -93,7 +93,7 @@ from tests.store.test_store_faults import load_scripts, script_sha, supported
 
 PROVE_EXAMPLES = int(os.environ.get("SENDGUARD_PROVE_EXAMPLES") or 0)
 PROVING = PROVE_EXAMPLES > 0
-EXAMPLES = PROVE_EXAMPLES or 20  # CI: about a minute; the found interleavings are replayed too
+EXAMPLES = PROVE_EXAMPLES or 12  # CI: under a minute; the found interleavings are replayed too
 STEPS = int(os.environ.get("SENDGUARD_PROVE_STEPS") or (20 if PROVING else 12))
 SEED = os.environ.get("SENDGUARD_PROVE_SEED") or (str(random.randrange(2**32)) if PROVING else None)
 CLUSTER = os.environ.get("SENDGUARD_PROVE_CLUSTER", "") not in ("", "0")
