@@ -116,14 +116,19 @@ async def test_a_failover_that_loses_unreplicated_writes(
     topology, proxies, fake_twilio, http, min_replicas
 ):
     """The replica is frozen (SIGSTOP) and its link cut while a send is claimed; then the master dies and the stale replica is promoted:
-    the claim is lost. Without store_min_replicas the retry is sent again (the loss this
-    setting exists for); with it, the claim never went out unreplicated."""
+    the claim is lost. Without store_min_replicas the retry, on another instance, is sent again
+    (the loss this setting exists for); with it, the claim never went out unreplicated. (On the
+    instance that sent it the retry would be replayed from its journal while the outcome is
+    still owed: the other instance has nothing but the store.)"""
     import redis
 
-    proxy = await proxies.start(
-        upstream=fake_twilio.url, redis_url=topology.url, store_min_replicas=min_replicas,
-        recipient_limits="off",
-    )  # fmt: skip
+    proxy, other = [
+        await proxies.start(
+            upstream=fake_twilio.url, redis_url=topology.url, store_min_replicas=min_replicas,
+            recipient_limits="off",
+        )
+        for _ in range(2)
+    ]  # fmt: skip
     master, replica = topology.master_port(), topology.replica_port()
     frozen = topology.processes[replica]
     os.kill(frozen.pid, signal.SIGSTOP)
@@ -139,7 +144,7 @@ async def test_a_failover_that_loses_unreplicated_writes(
     await asyncio.to_thread(topology._wait_replicated, old)
     deadline = asyncio.get_running_loop().time() + 15
     retry_status, decision, _ = await send_until_definite(
-        http, proxy.url, form(7), "lost", deadline
+        http, other.url, form(7), "lost", deadline
     )
     if min_replicas:
         assert status == 503  # refused before sending: nothing to lose
