@@ -11,11 +11,13 @@ kill -9 a master, restart it, fail over, migrate a slot while clients use it.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +68,10 @@ class ServerProcess:
         self.binary = os.environ.get("SENDGUARD_TEST_REDIS_BINARY") or find_server_binary()
         # A cluster node also listens on port + 10000 (the cluster bus).
         self.port = free_cluster_port() if cluster else free_port()
+        # Removed when this object goes (or the test process ends), after stop() and kill():
+        # a restart of the same server reuses it. Thousands of runs left thousands of dirs.
         self.dir = Path(tempfile.mkdtemp(prefix="sendguard-test-redis-"))
+        weakref.finalize(self, shutil.rmtree, self.dir, ignore_errors=True)
         self.cluster = cluster
         self.own_all_slots = own_all_slots
         self.extra_args = list(extra_args)

@@ -57,6 +57,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -196,6 +197,13 @@ class Budget:
                 "cluster": CLUSTER,
             }
         )
+
+    def checkpoint(self) -> None:
+        """Rewrite the long mode's budget file (after every test case): a job that is stopped,
+        or still shrinking a failure, leaves the figures of what it did, and `scripts/prove`
+        shows the run's progress from them."""
+        if path := os.environ.get("SENDGUARD_PROVE_BUDGET"):
+            Path(path).write_text(self.as_json())
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -918,6 +926,7 @@ class Interleavings(RuleBasedStateMachine):
             found = self.run(_problems(self.case))  # once more: everything has finished now
         finally:
             case, self.case = self.case, None
+            self.world.budget.checkpoint()
         count = sum(len(texts) for texts in found.values())
         if not count:
             return
@@ -1164,9 +1173,7 @@ def test_at_most_once_under_random_interleavings_and_faults(capsys):
             WORLD = None
             with capsys.disabled():
                 print(f"\n{budget.line()} [{f'seed {SEED}' if SEED else 'derandomized'}]")
-            if os.environ.get("SENDGUARD_PROVE_BUDGET"):  # scripts/prove adds up the jobs'
-                with open(os.environ["SENDGUARD_PROVE_BUDGET"], "w") as out:
-                    out.write(budget.as_json())
+            budget.checkpoint()  # scripts/prove adds up the jobs'
     assert budget.violations == 0
 
 

@@ -127,11 +127,14 @@ async def test_release_removes_and_reports_not_engaged(redis_client):
 
 async def test_list_deletes_expired_entries_once(redis_client):
     store = KillSwitchStore(redis_client)
-    short = switch("recipient:" + TO, ttl=0.2)
-    await store.engage(short, now=time.time())
+    # The server's clock decides expiry, so the short switch must outlive one round trip on a
+    # loaded CI machine (0.2 s did not): 1 s, engaged last, then a sleep until it has passed.
     await store.engage(switch("global"), now=time.time())
+    short = switch("recipient:" + TO, ttl=1.0)
+    await store.engage(short, now=time.time())
     assert len((await store.list()).live) == 2
-    await asyncio.sleep(0.25)
+    assert short.expires_at is not None
+    await asyncio.sleep(max(0.0, short.expires_at - time.time()) + 0.05)
     first, second = await store.list(), await store.list()
     assert first.expired == (short,) and second.expired == ()
     assert [str(s.scope) for s in first.live] == ["global"] == [str(s.scope) for s in second.live]

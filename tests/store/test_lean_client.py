@@ -45,6 +45,14 @@ async def stall(client: LeanClient, seconds: float) -> Any:
 
 
 @pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp, removed after the test: a unix socket's path must stay under
+    108 bytes, which pytest's tmp_path does not promise."""
+    with tempfile.TemporaryDirectory(prefix="sendguard-lean-") as name:
+        yield Path(name)
+
+
+@pytest.fixture
 def server() -> Iterator[ServerProcess]:
     """A server of this test's own: these tests stop, kill and restart it."""
     with ServerProcess(extra_args=["--enable-debug-command", "yes"]) as process:
@@ -421,8 +429,8 @@ async def test_drain_waits_for_answers_in_flight(client: LeanClient) -> None:
 # -- unix sockets, AUTH, SELECT ------------------------------------------------------------------
 
 
-async def test_unix_socket() -> None:
-    directory = Path(tempfile.mkdtemp(prefix="sendguard-lean-"))
+async def test_unix_socket(short_dir: Path) -> None:
+    directory = short_dir
     path = directory / "valkey.sock"
     server = ServerProcess(extra_args=["--unixsocket", str(path), "--unixsocketperm", "700"])
     server.start()
@@ -577,10 +585,10 @@ async def tls_terminator(target_port: int, directory: Path) -> AsyncIterator[int
         await front.wait_closed()
 
 
-async def test_tls(server: ServerProcess) -> None:
+async def test_tls(server: ServerProcess, short_dir: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("no openssl to make a certificate")
-    directory = Path(tempfile.mkdtemp(prefix="sendguard-lean-tls-"))
+    directory = short_dir
     async with tls_terminator(server.port, directory) as port:
         url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={directory / 'cert.pem'}"
         async with LeanClient.from_url(url) as lean:
