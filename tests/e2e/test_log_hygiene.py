@@ -214,3 +214,15 @@ def test_credentials_in_free_text_are_scrubbed():
     ):
         scrubbed = redact_text(text)
         assert auth.split()[1] not in scrubbed and ADMIN_TOKEN not in scrubbed, scrubbed
+
+
+def test_remembered_scrubs_stay_bounded_and_long_text_is_still_scanned():
+    """Short values are scrubbed once and remembered (the request line's hot path): a client
+    inventing values cannot grow that memory, and a value too long to remember is scanned."""
+    from proxy.logs import _CACHED_TEXT_MAX, _redact_remembered
+
+    for n in range(6000):
+        assert redact_text(f"to +1555{n:07d} now") == f"to +155******{n % 100:02d} now"
+    assert _redact_remembered.cache_info().currsize <= 4096
+    long_text = "x" * _CACHED_TEXT_MAX + " +15550100123"
+    assert redact_text(long_text).endswith(" +155******23")

@@ -60,7 +60,7 @@ async def _mode_is(http, instance, mode: str) -> bool:
 
 
 async def test_local_dedups_through_the_outage_and_its_aftermath(
-    proxies, fake_twilio, http, redis_server
+    redis_server, proxies, fake_twilio, http
 ):
     """A send made on the outage store, retried after the shared store is back (on the same
     and on the other instance), is still a duplicate: the outage records were merged."""
@@ -99,7 +99,7 @@ async def test_local_dedups_through_the_outage_and_its_aftermath(
 
 
 async def test_closed_is_the_default_it_refuses_guarded_sends_and_passthrough_flows(
-    proxies, fake_twilio, http, redis_server
+    redis_server, proxies, fake_twilio, http
 ):
     first, _ = await start_pair(proxies, fake_twilio, redis_server, None)
     assert first.app[RUNTIME].failover.fallback is StoreMode.CLOSED
@@ -126,7 +126,7 @@ async def test_closed_is_the_default_it_refuses_guarded_sends_and_passthrough_fl
 
 
 async def test_ready_requires_store_fails_readiness_while_the_store_is_down(
-    proxies, fake_twilio, http, redis_server
+    redis_server, proxies, fake_twilio, http
 ):
     alone = await proxies.start(
         upstream=fake_twilio.url, redis_url=redis_server.url, ready_requires_store=True
@@ -140,7 +140,7 @@ async def test_ready_requires_store_fails_readiness_while_the_store_is_down(
     await wait_for(not_ready, timeout=3.0)
 
 
-async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_server):
+async def test_open_forwards_unguarded_loudly(redis_server, proxies, fake_twilio, http):
     first, _ = await start_pair(proxies, fake_twilio, redis_server, "open")
     redis_server.stop()
     await wait_for(lambda: _mode_is(http, first, "open"))
@@ -162,7 +162,7 @@ async def test_open_forwards_unguarded_loudly(proxies, fake_twilio, http, redis_
     assert fake_twilio.creates == 3
 
 
-async def test_store_up_drops_without_traffic(proxies, fake_twilio, redis_server):
+async def test_store_up_drops_without_traffic(redis_server, proxies, fake_twilio):
     """The prober, not a failing send, notices the outage: no request is made here."""
     first, _ = await start_pair(proxies, fake_twilio, redis_server, None)
     assert first.app[METRICS].value("sendguard_store_up") == 1
@@ -180,7 +180,7 @@ async def test_the_embedded_store_has_no_fallback_so_local_means_closed(proxies,
 
 
 async def test_a_quick_redis_restart_is_absorbed_without_leaving_shared_mode(
-    proxies, fake_twilio, http, redis_server
+    redis_server, proxies, fake_twilio, http
 ):
     """Every pooled connection is dead once after a restart: one retry, no mode flip (with
     `closed`, a flip would answer 503)."""
@@ -227,7 +227,7 @@ async def test_a_killed_embedded_store_is_restarted_and_sends_are_guarded_again(
 
 
 async def test_local_mode_never_reclaims_a_send_still_in_flight_on_the_shared_store(
-    proxies, fake_twilio, http, redis_server
+    redis_server, proxies, fake_twilio, http
 ):
     """A send claimed on the shared store is still waiting for Twilio when the outage policy
     engages: its retry on the same instance must not be claimed afresh on the outage store
@@ -245,4 +245,16 @@ async def test_local_mode_never_reclaims_a_send_still_in_flight_on_the_shared_st
     # Its outcome is owed to the shared store; the journal answers the retry meanwhile.
     status, headers, again = await post_send(http, first.url, FORM)
     assert (status, headers["X-Sendguard-Decision"], again["sid"]) == (201, "replayed", sent["sid"])
+    assert fake_twilio.creates == 1
+    # The store comes back: the owed outcome lands there (and no shutdown waits for it).
+    redis_server.start()
+    journal = first.app[RUNTIME].journal
+
+    async def settled() -> bool:
+        return len(journal) == 0
+
+    await wait_for(settled)
+    status, headers, again = await post_send(http, first.url, FORM)
+    assert (status, again["sid"]) == (201, sent["sid"])
+    assert headers["X-Sendguard-Decision"] == "replayed"
     assert fake_twilio.creates == 1

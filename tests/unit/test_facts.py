@@ -199,3 +199,35 @@ def test_build_facts_is_total(body, content_type, key):
     except InvalidRequest:
         return
     assert built.dedup_id[0] in "kf"
+
+
+# The identities a record is stored under, pinned: an instance of the next release must find
+# the records this one wrote (a rolling upgrade runs both on one store), so any change to how
+# they are derived is a change of the store's format, never a refactoring.
+PINNED_BODY = (
+    b"To=%2B1+(555)+010-0000&From=%2B15005550006&Body=Caf%C3%A9+%E2%80%9Chi%E2%80%9D"
+    b"&MediaUrl=b&MediaUrl=a"
+)
+PINNED = {
+    "credential_hash": "18b2b9e5a0beee09e7b7932b62f14fb6",
+    "payload_hash": "e0b47a69833b6e0886c5f2d242bef2933f793da21c1caaaecd7ee1c6741acbd8",
+    "to": "+15550100000",
+    "sender": "+15005550006",
+    "body_hash": "049ac0b01b7319af",
+    "body_smart_hash": "9d0bc5274cc09ea3",
+    "recipient_tag": "rc49c40a056eaa3f1f78a54c3",
+    "content": "msg:edc4e5a29306d63d11a7eedd",
+}
+
+
+@pytest.mark.parametrize(
+    ("key", "dedup_id"),
+    [
+        (None, "f62901b6308b65504d5e7061948480bafd3d6ae95"),
+        ("order-42", "k37346e051f1d5cbd70369a95193f42c698cf7e17"),
+    ],
+)
+def test_the_stored_identities_do_not_change_between_releases(key, dedup_id):
+    found = facts(PINNED_BODY, key=key, auth="Basic QUNhYWE6c2VjcmV0")
+    assert found.dedup_id == dedup_id
+    assert {name: getattr(found, name) for name in PINNED} == PINNED
