@@ -19,7 +19,6 @@ from aiohttp import web
 
 from proxy.decision import Decision
 from proxy.errors import BodyTooLarge, TeeDisabled
-from proxy.guard.protection import GuardMode
 from proxy.guard.routes import RouteSpec, RouteTable
 from proxy.killswitch import KillSwitchBoard, KillSwitchStore
 from proxy.logs import get_logger
@@ -212,7 +211,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
     policy = guard_policy(settings)
     metrics = app[METRICS]
     learner = SuppressionLearner(
-        store, policy.suppression_rules, GuardMode(settings.suppression_mode), metrics
+        store, policy.suppression_rules, settings.suppression_mode, metrics
     )
     # One journal for every store mode: a duplicate finds a pending outcome whichever store
     # guards it now (settlement.py).

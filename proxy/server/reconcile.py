@@ -146,6 +146,7 @@ class Reconciler:
                 log.warning(RECONCILED, outcome=kind.value, message_sid=sid)
                 return Reconciliation(LookupVerdict.FOUND, stored, sid)
             self.metrics.reconciliations.labels(LookupVerdict.NOT_FOUND.value).inc()
+            await store.note_lookup_without_evidence(ref)
             if self.policy.resend_after is not None and not record.resent:
                 claimed = await store.resend_claim(
                     ref,

@@ -17,7 +17,7 @@ field a script touches is one of them.
         blob (`encode_answer`), deflated against a dictionary of Twilio's answers, cut in
         64-byte pieces
     rs rr  a Message SID known for an UNKNOWN send, and from where; rx  the one resend used
-    rc  lookups without evidence (read, not written by any script yet)
+    rc  lookups in Twilio's list that found no trace of the send
 
 Records written before this codec (same layout version) hold `m` (meta as JSON), `st`, `h`,
 `b`, `sid`: still read, never written. (During a rolling upgrade an older instance finds no

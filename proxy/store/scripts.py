@@ -276,6 +276,17 @@ return 1
 """
 )
 
+# A lookup in Twilio's list found no trace of the send: counted on the record, for the
+# operator deciding what it was (`records unknown`). 1 counted, 0 not UNKNOWN (never created).
+NOTE_LOOKUP = lua(
+    """
+local record = KEYS[1]
+if redis.call('HGET', record, '${f_state}') ~= '${s_unknown}' then return 0 end
+redis.call('HINCRBY', record, '${f_reconciliations}', 1)
+return 1
+"""
+)
+
 # An operator says it was never sent: release, so the next retry sends. 1 released, 0 not
 # UNKNOWN. The send leaves the recipient's send log (it never reached anyone).
 RELEASE_UNKNOWN = lua(

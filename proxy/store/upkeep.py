@@ -43,6 +43,7 @@ class RecordUpkeep:
         self._note_sid: AsyncScript = redis.register_script(scripts.NOTE_SID)
         self._release_unknown: AsyncScript = redis.register_script(scripts.RELEASE_UNKNOWN)
         self._resend_claim: AsyncScript = redis.register_script(scripts.RESEND_CLAIM)
+        self._note_lookup: AsyncScript = redis.register_script(scripts.NOTE_LOOKUP)
 
     async def reconcile_gate(self, ref: SendRef, hold_ms: int) -> bool:
         """True for the one caller (fleet-wide) that may reconcile this record now."""
@@ -69,6 +70,11 @@ class RecordUpkeep:
             if noted:
                 await self.redis.delete(keys.reconcile_gate(ref.tag, ref.dedup_id))
             return noted
+
+    async def note_lookup_without_evidence(self, ref: SendRef) -> bool:
+        """One more lookup in Twilio's list found nothing (the record's `reconciliations`)."""
+        async with self._call():
+            return bool(await self._note_lookup(keys=[ref.record], args=[]))
 
     async def release_unknown(self, ref: SendRef) -> bool:
         release_keys = [ref.record, keys.recipient_sends(ref.tag)]

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from proxy.sandbox import Fault
-from proxy.server.app import METRICS
+from proxy.server.app import METRICS, RUNTIME
 from tests.harness import ACCOUNT, SENDER, in_thread, post_send, twilio_client
 
 FORM = {"To": "+15558675310", "From": SENDER, "Body": "Your code is 4711"}
@@ -81,6 +81,9 @@ async def test_no_evidence_means_409_and_never_a_resend(proxies, silent_twilio, 
         assert int(headers["Retry-After"]) >= 1
     assert silent_twilio.creates == 0 and silent_twilio.posts == 1
     assert silent_twilio.lists == 1  # at most one look per record every few seconds
+    # The look that found nothing is counted on the record, for the operator (records show).
+    [(_, record)] = await proxy.app[RUNTIME].store.unknown_ledger()
+    assert record.reconciliations == 1
 
 
 async def test_unknown_resend_after_sends_once_after_the_silence(proxies, silent_twilio, http):
