@@ -35,6 +35,12 @@ REPLAYED_RESPONSE_HEADERS = (
 )
 
 
+_REPLAYED_LOWER = frozenset(h.lower() for h in REPLAYED_RESPONSE_HEADERS)
+# What never goes upstream, without and with `identity_encoding` (built once: the hot path).
+_UPSTREAM_DROP = _HOP_BY_HOP | {UPSTREAM_HOST_HEADER.lower()}
+_UPSTREAM_DROP_IDENTITY = _UPSTREAM_DROP | {"accept-encoding"}
+
+
 def _connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     listed: set[str] = set()
     for value in headers.getall("Connection", []):
@@ -49,9 +55,9 @@ def upstream_request_headers(
     the client accepts): a stored answer is replayed to any client, also one that cannot
     decode what the first client could. Merely dropping the header would not do: RFC 9110
     §12.5.3 lets a server pick any coding when the request names none."""
-    drop = _HOP_BY_HOP | _connection_listed(incoming) | {UPSTREAM_HOST_HEADER.lower()}
-    if identity_encoding:
-        drop |= {"accept-encoding"}
+    drop = _UPSTREAM_DROP_IDENTITY if identity_encoding else _UPSTREAM_DROP
+    if listed := _connection_listed(incoming):
+        drop = drop | listed
     out: CIMultiDict[str] = CIMultiDict(
         (name, value) for name, value in incoming.items() if name.lower() not in drop
     )
@@ -62,13 +68,14 @@ def upstream_request_headers(
 
 
 def downstream_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = _HOP_BY_HOP | _connection_listed(upstream)
+    drop = _HOP_BY_HOP
+    if listed := _connection_listed(upstream):
+        drop = drop | listed
     return CIMultiDict((n, v) for n, v in upstream.items() if n.lower() not in drop)
 
 
 def replayable_headers(upstream: CIMultiDictProxy[str]) -> tuple[tuple[str, str], ...]:
-    wanted = {h.lower() for h in REPLAYED_RESPONSE_HEADERS}
-    return tuple((n, v) for n, v in upstream.items() if n.lower() in wanted)
+    return tuple((n, v) for n, v in upstream.items() if n.lower() in _REPLAYED_LOWER)
 
 
 def header_pairs(headers: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
