@@ -24,6 +24,7 @@ in the record's slot), and one in flight per record in a process however many re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -146,7 +147,8 @@ class Reconciler:
                 log.warning(RECONCILED, outcome=kind.value, message_sid=sid)
                 return Reconciliation(LookupVerdict.FOUND, stored, sid)
             self.metrics.reconciliations.labels(LookupVerdict.NOT_FOUND.value).inc()
-            await store.note_lookup_without_evidence(ref)
+            with contextlib.suppress(StoreError):  # a count for the operator, not a verdict
+                await store.note_lookup_without_evidence(ref)
             if self.policy.resend_after is not None and not record.resent:
                 claimed = await store.resend_claim(
                     ref,
