@@ -172,6 +172,9 @@ class Budget:
     started: float = field(default_factory=time.monotonic)
     spent: Counter[str] = field(default_factory=Counter)  # seconds, by what the steps did
     store_connections: int = 0  # connections the store fault proxies carried
+    # Where `checkpoint` writes: set by the random run only (the kept interleavings replayed
+    # after it in the same process must not overwrite its figures).
+    path: str | None = None
 
     @contextlib.contextmanager
     def timing(self, what: str) -> Iterator[None]:
@@ -202,8 +205,8 @@ class Budget:
         """Rewrite the long mode's budget file (after every test case): a job that is stopped,
         or still shrinking a failure, leaves the figures of what it did, and `scripts/prove`
         shows the run's progress from them."""
-        if path := os.environ.get("SENDGUARD_PROVE_BUDGET"):
-            Path(path).write_text(self.as_json())
+        if self.path is not None:
+            Path(self.path).write_text(self.as_json())
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -490,6 +493,9 @@ class Case:
         self.impaired: list[tuple[float, float, set[str]]] = []
         self.steps: list[str] = []  # the rules run so far, with their times (for reports)
         self.first_violation: int | None = None  # steps run when a violation was first seen
+        # Incarnations (labels, e.g. "B1") crashed while still on their outage store: what
+        # they sent there died with them, unmerged (the documented limit of `local`).
+        self.lost_outage_stores: set[str] = set()
         self.background: set[asyncio.Future[Any]] = set()
         self.t0 = 0.0
         self._watch: asyncio.Task[None] | None = None
@@ -601,6 +607,8 @@ class Case:
         in-process stand-in for kill -9; the real one is in tests/e2e/test_crash_restart.py)."""
         instance, link = slot.instance, slot.link
         assert instance is not None
+        if instance.app[RUNTIME].failover.degraded:
+            self.lost_outage_stores.add(slot.label)
         slot.instance = None
         if link is not None:
             link.refuse(None, how="reset")
@@ -761,6 +769,8 @@ class Case:
                     continue  # sent on a private outage store: it cannot know the first
                 if first.excused and first.slot[0] != second.slot[0]:
                     continue  # the first went out on another instance's outage store
+                if first.excused and first.slot in self.lost_outage_stores:
+                    continue  # ... or on one that crashed with it before it could merge
                 issues["double-send"].append(f"forwarded twice ({first.slot}, {second.slot})")
         for a in attempts:
             if a.error and not a.crashed:
@@ -926,11 +936,11 @@ class Interleavings(RuleBasedStateMachine):
             found = self.run(_problems(self.case))  # once more: everything has finished now
         finally:
             case, self.case = self.case, None
-            self.world.budget.checkpoint()
         count = sum(len(texts) for texts in found.values())
+        self.world.budget.violations += count
+        self.world.budget.checkpoint()
         if not count:
             return
-        self.world.budget.violations += count
         steps = "\n    ".join(case.steps)
         report = (
             f"case {case.number} (on_store_error={case.policy}, upstream {case.upstream.kind},"
@@ -1153,6 +1163,7 @@ def test_at_most_once_under_random_interleavings_and_faults(capsys):
     global WORLD
     WORLD = World(cluster=CLUSTER)
     budget = WORLD.budget
+    budget.path = os.environ.get("SENDGUARD_PROVE_BUDGET")  # scripts/prove adds up the jobs'
 
     def machine() -> Interleavings:
         return Interleavings()
@@ -1173,7 +1184,7 @@ def test_at_most_once_under_random_interleavings_and_faults(capsys):
             WORLD = None
             with capsys.disabled():
                 print(f"\n{budget.line()} [{f'seed {SEED}' if SEED else 'derandomized'}]")
-            budget.checkpoint()  # scripts/prove adds up the jobs'
+            budget.checkpoint()
     assert budget.violations == 0
 
 
@@ -1222,6 +1233,24 @@ FOUND: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("store_recovers", {}),
         ("wait", {"seconds": 0.3}),  # clear of the recovery: the retries are not "degraded"
         ("send", {"sends": [(1, 0), (1, 1)]}),
+    ],
+    # a defect of the checker (the 10,000-example run): a send made on an instance's outage
+    # store, sent again after the store came back by that instance restarted (it crashed with
+    # its outage records unmerged: the documented limit of `local`), was called a double send
+    "crashed-outage-store-is-another-instance": [
+        ("start", {"policy": "local", "upstream": "sandbox", "count": 2, "list_lag": 0.0}),
+        ("store_outage", {"link": None}),
+        ("crash", {"which": 0}),
+        ("heal_store", {}),
+        ("send", {"sends": [(0, 0), (3, 2), (2, 1)]}),
+        ("resend_elsewhere", {"on": 2}),
+        ("heal_store", {}),
+        ("store_outage", {"link": 2}),
+        ("crash", {"which": 2}),
+        ("restart", {"which": 1}),
+        ("store_recovers", {}),
+        ("send", {"sends": [(2, 2)]}),
+        ("resend_elsewhere", {"on": 2}),
     ],
 }
 
