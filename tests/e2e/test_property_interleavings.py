@@ -1157,7 +1157,23 @@ def machine_settings() -> settings:
     )
 
 
+# On a cluster, redis-py's client drops the ClusterNode objects a slot-map refresh replaced;
+# one whose command was cut by a crash or a reset still holds its connection when it is
+# collected, and warns (redis-py issues #3572, #3846: a library leak until the GC closes the
+# socket, not sendguard's). The long cluster run tolerates exactly those two warnings; the
+# store tier's cluster tests keep every warning an error.
+_tolerate_cluster_node_leaks = (
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <function (ClusterNode|AbstractConnection).__del__"
+        ":pytest.PytestUnraisableExceptionWarning"
+    )
+    if CLUSTER
+    else pytest.mark.slow
+)
+
+
 @pytest.mark.slow
+@_tolerate_cluster_node_leaks
 @pytest.mark.timeout(0 if PROVING else 900)  # a failure's shrinking may take minutes
 def test_at_most_once_under_random_interleavings_and_faults(capsys):
     global WORLD
