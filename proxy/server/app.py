@@ -249,6 +249,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         )
     shared_guard = SendGuard(store, client, policy, metrics, routing, journal, reconciler)
     local_store: list[EmbeddedStore] = []
+    local_clients: list[RedisClient] = []  # the outage store's redis-py client: ours to close
 
     async def make_local_guard() -> SendGuard:
         # Started on first need only: most instances never see their shared store fail.
@@ -257,6 +258,7 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         local_store.append(embedded)
         log.warning("local_store_started", reason="shared-store-down")
         local_client = store_client(url)
+        local_clients.append(local_client)
         local = SendStore(local_client, lean_client_like(local_client))
         return SendGuard(local, client, policy, metrics, routing, journal, reconciler)
 
@@ -311,6 +313,8 @@ async def _guard(app: web.Application) -> AsyncIterator[None]:
         await client.close()
         if callback_session is not None:
             await callback_session.close()
+        for local_client in local_clients:
+            await local_client.aclose()
         for embedded in local_store:
             await embedded.stop()
 

@@ -258,3 +258,23 @@ async def test_local_mode_never_reclaims_a_send_still_in_flight_on_the_shared_st
     assert (status, again["sid"]) == (201, sent["sid"])
     assert headers["X-Sendguard-Decision"] == "replayed"
     assert fake_twilio.creates == 1
+
+
+async def test_the_outage_store_client_is_closed_with_the_instance(
+    redis_server, proxies, fake_twilio, http
+):
+    """The private store's redis-py client is the app's to close: it was left open (its unix
+    socket warned when collected; found by the long proof run)."""
+    first, _ = await start_pair(proxies, fake_twilio, redis_server, "local")
+    redis_server.stop()
+    await wait_for(lambda: _mode_is(http, first, "local"))
+    status, headers, _ = await post_send(http, first.url, FORM)
+    assert (status, headers["X-Sendguard-Decision"]) == (201, "forwarded")
+    local = first.app[RUNTIME].failover._local
+    assert local is not None
+    pool = local.store.redis.connection_pool
+    await local.store.redis.ping()  # at least one connection of its own
+    redis_server.start()  # (the owed outcome lands: no shutdown waits for it)
+    await proxies.stop_all()
+    connections = [*pool._available_connections, *pool._in_use_connections]
+    assert connections and not any(c.is_connected for c in connections)
