@@ -1162,13 +1162,17 @@ def machine_settings() -> settings:
 # collected, and warns (redis-py issues #3572, #3846: a library leak until the GC closes the
 # socket, not sendguard's). The long cluster run tolerates exactly those two warnings; the
 # store tier's cluster tests keep every warning an error.
+def _unchanged(test):
+    return test
+
+
 _tolerate_cluster_node_leaks = (
     pytest.mark.filterwarnings(
         "ignore:Exception ignored in. <function (ClusterNode|AbstractConnection).__del__"
         ":pytest.PytestUnraisableExceptionWarning"
     )
     if CLUSTER
-    else pytest.mark.slow
+    else _unchanged
 )
 
 

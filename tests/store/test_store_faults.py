@@ -474,6 +474,47 @@ async def test_lost_reply_of_a_keyless_claim(rig_factory):
     assert_one_create(rig, "d2")
 
 
+# -- d2. the count of an empty lookup is lost ---------------------------------------------------
+
+
+@pytest.mark.parametrize("lost", ["reply", "request"])
+async def test_a_lost_lookup_count_changes_no_verdict(rig_factory, lost):
+    """An UNKNOWN send's retry looked in Twilio's list and found nothing (the message is not
+    listed yet); NOTE_LOOKUP, which counts that look on the record for the operator, lost its
+    answer (it ran) or never reached the store. The count is best effort: the retry is still
+    refused with outcome-unknown as a look that found nothing (not a failed one), nothing is
+    created, and once the list shows the message a retry gets the original answer replayed."""
+    rig = await rig_factory(on_store_error="closed")
+    rig.fake.list_lag_seconds = 3.0
+    rig.fake.push_fault(Fault("500-after-create"))
+    first = await rig.ledger.send(rig.http, rig.first, "n", key="key-n")
+    assert (first.status, first.decision) == (500, "forwarded")
+    (sid,) = rig.fake.messages
+    if lost == "reply":
+        rig.link.drop_after_reply(evalsha(script_sha("NOTE_LOOKUP")), times=2)
+    else:
+        rig.link.cut_request(script_sha("NOTE_LOOKUP"), times=2)
+    refused = await rig.ledger.send(rig.http, rig.second, "n", key="key-n")
+    assert (refused.status, refused.decision, refused.code) == (409, "outcome-unknown", 79004)
+    assert rig.link.armed() == 0, "the lookup was never counted, so the fault never fired"
+    # The look itself worked: it is reported as "nothing found", not as a failed reconciliation
+    # (which would also skip `unknown_resend_after`'s resend of a silent send).
+    outcomes = {
+        outcome: rig.second.app[METRICS].value("sendguard_reconciliations_total", outcome=outcome)
+        for outcome in ("not-found", "error")
+    }
+    assert outcomes == {"not-found": 1, "error": 0}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while (answer := await rig.ledger.send(rig.http, rig.first, "n", key="key-n")).status != 201:
+        assert (answer.status, answer.decision) == (409, "outcome-unknown"), rig.ledger.trail("n")
+        assert loop.time() < deadline, f"never replayed: {rig.ledger.trail('n')}"
+        await asyncio.sleep(0.5)
+    assert (answer.decision, answer.sid) == ("replayed", sid)
+    rig.ledger.check(rig.fake)
+    assert_one_create(rig, "n")
+
+
 # -- e. the whole store is down -----------------------------------------------------------------
 
 
