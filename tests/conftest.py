@@ -6,11 +6,18 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from proxy.store.embedded import EmbeddedStore
 from tests.servers import ServerProcess
+
+# No per-example deadline: on a loaded 2-core CI machine a pure function's first example can
+# take longer than hypothesis' 200 ms default, and that is a timing flake, not a finding. Tests
+# that bound their time do it themselves (pytest-timeout, asyncio.timeout).
+settings.register_profile("sendguard", deadline=None)
+settings.load_profile("sendguard")
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,12 @@ async def test_the_570_sms_incident_sends_each_person_one_message(
     assert messages_per_person(fake_twilio) == Counter(dict.fromkeys(PEOPLE, 1))
     assert fake_twilio.creates == 7
     assert answers["201 forwarded"] == 7
-    assert answers["201 replayed"] + answers["409 in-flight"] == 7 * ROUNDS * OBAN_RETRIES - 7
+    # Every other answer sends nothing: the replay, or (while the first send is in flight, or
+    # when a slow machine makes the store miss its timeout) a refusal to retry later.
+    assert sum(answers.values()) == 7 * ROUNDS * OBAN_RETRIES
+    assert set(answers) <= {"201 forwarded", "201 replayed", "409 in-flight",
+                            "503 store-unavailable"}, answers  # fmt: skip
+    assert answers["201 replayed"] >= 0.9 * sum(answers.values()), answers
 
 
 async def test_the_incident_with_a_sidecar_killed_after_twilio_created_the_message(
