@@ -92,11 +92,18 @@ class EmbeddedStore:
     async def start(self, wait_seconds: float = 10.0) -> str:
         binary = self._binary or find_server_binary()
         self._run_dir = Path(tempfile.mkdtemp(prefix="sendguard-store-"))  # mode 0700
-        if self._data_dir is not None:
-            self._data_dir.mkdir(parents=True, exist_ok=True)
-            await self._lock_data_dir(wait_seconds)
-        await self._spawn(binary)
-        await self._wait_ready(wait_seconds)
+        try:
+            if self._data_dir is not None:
+                self._data_dir.mkdir(parents=True, exist_ok=True)
+                await self._lock_data_dir(wait_seconds)
+            await self._spawn(binary)
+            await self._wait_ready(wait_seconds)
+        except BaseException:
+            # A start that does not finish leaves nothing behind, cancelled ones included: the
+            # caller only learns of a store that started, so no one else would ever stop this
+            # server (an instance shut down while it was starting its outage store did leak it).
+            await self.stop()
+            raise
         return self.url
 
     async def _spawn(self, binary: str) -> None:

@@ -137,6 +137,23 @@ async def test_a_data_dir_is_used_by_one_store_at_a_time(tmp_path):
         await first.stop()
 
 
+async def test_a_start_cancelled_halfway_leaves_no_server_running():
+    """The outage store starts on first need, inside work that a shutdown may cancel: the
+    valkey-server it spawned must not outlive the cancelled start (nobody else holds it)."""
+    from proxy.store.embedded import EmbeddedStore
+
+    store = EmbeddedStore(None)
+    starting = asyncio.ensure_future(store.start())
+    while store._process is None:  # spawned; now waiting for it to answer
+        await asyncio.sleep(0.001)
+    process = store._process
+    starting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    assert process.returncode is not None, "the cancelled start left valkey-server running"
+    assert store._process is None and store._run_dir is None
+
+
 async def test_embedded_server_dies_with_a_sigkilled_sendguard(fake_twilio, tmp_path):
     data_dir = tmp_path / "store"
     process, _url = await start_serve_process(
