@@ -206,7 +206,10 @@ class Budget:
         or still shrinking a failure, leaves the figures of what it did, and `scripts/prove`
         shows the run's progress from them."""
         if self.path is not None:
-            Path(self.path).write_text(self.as_json())
+            # Whole or not at all: the progress printer may read it at any moment.
+            written = Path(f"{self.path}.tmp")
+            written.write_text(self.as_json())
+            written.replace(self.path)
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
